@@ -1,0 +1,3 @@
+from minisage.cli import main
+
+raise SystemExit(main())
