@@ -1,0 +1,166 @@
+"""A small pre-LayerNorm Transformer with a language-modeling head and a classification head.
+
+Parameter names follow BERT's, so that the official SAGE split (SAGE on names containing
+``attention.self``, ``attention.output.dense``, ``intermediate.dense`` or ``output.dense``; the
+plain rule elsewhere) selects exactly the attention and feed-forward weights and biases:
+
+    embeddings.word.weight                     (V, D)  token embedding
+    embeddings.position.weight                 (T, D)  learned positions
+    blocks.{i}.attention_norm.{weight,bias}    (D,)    LayerNorm before attention
+    blocks.{i}.attention.self.{query,key,value}.{weight,bias}   (D, D), (D,)
+    blocks.{i}.attention.output.dense.{weight,bias}             (D, D), (D,)
+    blocks.{i}.ffn_norm.{weight,bias}          (D,)    LayerNorm before the feed-forward layer
+    blocks.{i}.intermediate.dense.{weight,bias}  (4D, D), (4D,)
+    blocks.{i}.output.dense.{weight,bias}        (D, 4D), (D,)
+    final_norm.{weight,bias}                   (D,)
+    lm_head.{weight,bias}                      (V, D), (V,)   next-token / masked-token logits
+    classifier.{weight,bias}                   (C, D), (C,)   first-token pooling (if num_classes)
+
+Initialization is torch.nn's default for each layer (see ``minisage.nn.layers``). Linear biases are
+drawn non-zero, so SAGE can move them: an exactly-zero entry has zero sensitivity and never moves.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+import minisage.functional as F
+from minisage.autograd import Tensor
+from minisage.nn.layers import Dropout, Embedding, LayerNorm, Linear
+from minisage.nn.module import Module
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    vocab_size: int = 32
+    max_len: int = 32
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    num_classes: int = 0  # 0: no classification head
+    causal: bool = True  # False: bidirectional attention (classification, masked LM)
+    dropout: float = 0.0
+    dtype: str = "float64"
+
+    def __post_init__(self):
+        for field in ("vocab_size", "max_len", "d_model", "n_layers", "n_heads"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"TransformerConfig: {field} must be >= 1")
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"TransformerConfig: d_model ({self.d_model}) must be divisible by "
+                f"n_heads ({self.n_heads})"
+            )
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"TransformerConfig: dropout must lie in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Namespace(Module):
+    """A named group of sub-modules, so that parameter names read like BERT's."""
+
+    def __init__(self, **children: Module):
+        for name, child in children.items():
+            setattr(self, name, child)
+
+
+class SelfAttention(Module):
+    """Multi-head self-attention with separate query, key, value and output projections."""
+
+    def __init__(self, config: TransformerConfig, rng: np.random.Generator):
+        d, dtype = config.d_model, config.dtype
+        self.n_heads = config.n_heads
+        self.self = Namespace(
+            query=Linear(d, d, rng, dtype=dtype),
+            key=Linear(d, d, rng, dtype=dtype),
+            value=Linear(d, d, rng, dtype=dtype),
+        )
+        self.output = Namespace(dense=Linear(d, d, rng, dtype=dtype))
+        self.dropout = Dropout(config.dropout, rng)
+
+    def forward(self, x: Tensor, causal: bool) -> Tensor:
+        B, T, D = x.shape
+        H = self.n_heads
+
+        def heads(t: Tensor) -> Tensor:  # (B, T, D) -> (B, H, T, D/H)
+            return t.reshape(B, T, H, D // H).transpose(0, 2, 1, 3)
+
+        q, k, v = heads(self.self.query(x)), heads(self.self.key(x)), heads(self.self.value(x))
+        # scores = q k^T / sqrt(d_head)
+        scores = (q @ k.transpose(0, 1, 3, 2)) * (1 / math.sqrt(D // H))  # (B, H, T, T)
+        if causal:
+            future = np.triu(np.ones((T, T), dtype=bool), k=1)  # position i sees j <= i
+            scores = F.masked_fill(scores, future, -np.inf)
+        weights = self.dropout(F.softmax(scores, axis=-1))  # (B, H, T, T)
+        mixed = (weights @ v).transpose(0, 2, 1, 3).reshape(B, T, D)  # (B, T, D)
+        return self.output.dense(mixed)
+
+
+class Block(Module):
+    """x + attention(LN(x)), then x + FFN(LN(x)), with FFN = dense(GELU(dense(x))) of width 4D."""
+
+    def __init__(self, config: TransformerConfig, rng: np.random.Generator):
+        d, dtype = config.d_model, config.dtype
+        self.attention_norm = LayerNorm(d, dtype=dtype)
+        self.attention = SelfAttention(config, rng)
+        self.ffn_norm = LayerNorm(d, dtype=dtype)
+        self.intermediate = Namespace(dense=Linear(d, 4 * d, rng, dtype=dtype))
+        self.output = Namespace(dense=Linear(4 * d, d, rng, dtype=dtype))
+        self.dropout = Dropout(config.dropout, rng)
+
+    def forward(self, x: Tensor, causal: bool) -> Tensor:
+        x = x + self.dropout(self.attention(self.attention_norm(x), causal))  # (B, T, D)
+        hidden = F.gelu(self.intermediate.dense(self.ffn_norm(x)))  # (B, T, 4D)
+        return x + self.dropout(self.output.dense(hidden))  # (B, T, D)
+
+
+class Transformer(Module):
+    """Token + position embeddings, ``n_layers`` pre-LN blocks, a final LayerNorm, two heads.
+
+    ``model(ids)`` returns the final hidden states (B, T, D); ``lm_logits(ids)`` the language-model
+    logits (B, T, V); ``classify_logits(ids)`` the class logits (B, C) from the first token.
+    ``seed`` fixes the initialization and the dropout masks.
+    """
+
+    def __init__(self, config: TransformerConfig, seed: int = 0):
+        self.config = config
+        rng = np.random.default_rng(seed)
+        d, dtype = config.d_model, config.dtype
+        self.embeddings = Namespace(
+            word=Embedding(config.vocab_size, d, rng, dtype=dtype),
+            position=Embedding(config.max_len, d, rng, dtype=dtype),
+        )
+        self.blocks = [Block(config, rng) for _ in range(config.n_layers)]
+        self.final_norm = LayerNorm(d, dtype=dtype)
+        self.lm_head = Linear(d, config.vocab_size, rng, dtype=dtype)
+        if config.num_classes:
+            self.classifier = Linear(d, config.num_classes, rng, dtype=dtype)
+        self.dropout = Dropout(config.dropout, rng)
+
+    def forward(self, ids, causal: bool | None = None) -> Tensor:
+        ids = np.asarray(ids)
+        B, T = ids.shape
+        if T > self.config.max_len:
+            raise ValueError(
+                f"Transformer: sequence length {T} exceeds max_len {self.config.max_len}"
+            )
+        causal = self.config.causal if causal is None else causal
+        x = self.embeddings.word(ids) + self.embeddings.position(np.arange(T))  # (B, T, D)
+        x = self.dropout(x)
+        for block in self.blocks:
+            x = block(x, causal)
+        return self.final_norm(x)  # (B, T, D)
+
+    def lm_logits(self, ids, causal: bool | None = None) -> Tensor:
+        return self.lm_head(self.forward(ids, causal))  # (B, T, V)
+
+    def classify_logits(self, ids, causal: bool | None = None) -> Tensor:
+        if not self.config.num_classes:
+            raise ValueError("Transformer: this model has no classification head (num_classes=0)")
+        first = self.forward(ids, causal)[:, 0, :]  # (B, D)
+        return self.classifier(first)  # (B, C)
