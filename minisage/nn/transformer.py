@@ -130,6 +130,7 @@ class Transformer(Module):
     def __init__(self, config: TransformerConfig, seed: int = 0):
         self.config = config
         rng = np.random.default_rng(seed)
+        self.rng = rng  # after initialization, it draws the dropout masks (saved in checkpoints)
         d, dtype = config.d_model, config.dtype
         self.embeddings = Namespace(
             word=Embedding(config.vocab_size, d, rng, dtype=dtype),
