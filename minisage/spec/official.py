@@ -1,0 +1,341 @@
+"""Presets that reproduce the official SAGE code (cliang1453/SAGE, ``module/bert_optim.py``).
+
+``bert-adamw`` / ``adamw-sage`` are the two paths of its ``UnstructAwareAdamW`` (the ``'common'``
+groups are exactly its plain ``AdamW``); ``bert-adamax`` / ``adamax-sage`` the two paths of
+``UnstructAwareAdamax`` (``'common'`` = its plain ``Adamax``). Hyperparameter names and defaults
+are the official classes' own; the schedule can live inside the rule, as it does there.
+
+State keys: ``step``, ``exp_avg``, ``exp_avg_sq`` (AdamW pair) or ``exp_inf`` (Adamax pair), and
+for the SAGE presets ``sensitivity_ema`` (the official ``exp_avg_ipt``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from minisage.spec import _checks
+from minisage.spec.clipping import clip_per_tensor
+from minisage.spec.rule import REQUIRED, Rule
+from minisage.spec.sage import (
+    bias_correct,
+    lr_multiplier,
+    sensitivity,
+    sensitivity_ema,
+    uncertainty,
+)
+from minisage.spec.schedules import OFFICIAL_SCHEDULES, official_lr
+
+
+class _OfficialRule(Rule):
+    """Hyperparameter checks and the internal schedule shared by the four official presets."""
+
+    aliases = {"b1": "betas[0]", "b2": "betas[1]", "e": "eps"}
+
+    def _fold_aliases(self, given: dict[str, Any]) -> dict[str, Any]:
+        # b1, b2, e: the names in the official docstrings (copied from BertAdam); the official
+        # signatures take betas and eps. Accept both spellings, never both at once.
+        if "b1" in given or "b2" in given:
+            if "betas" in given:
+                raise ValueError(f"{self.name}: give betas or b1/b2, not both")
+            b1 = given.pop("b1", self.defaults["betas"][0])
+            b2 = given.pop("b2", self.defaults["betas"][1])
+            given["betas"] = (b1, b2)
+        if "e" in given:
+            if "eps" in given:
+                raise ValueError(f"{self.name}: give eps or e, not both")
+            given["eps"] = given.pop("e")
+        return given
+
+    def _validate(self, hp: dict[str, Any]) -> dict[str, Any]:
+        n = self.name
+        out: dict[str, Any] = {"lr": _checks.nonneg(n, "lr", hp["lr"])}
+        warmup = _checks.real(n, "warmup", hp["warmup"], range_text="[0, 1) or -1")
+        if not (0.0 <= warmup < 1.0 or warmup == -1):
+            raise ValueError(f"{n}: warmup must be in [0, 1) or -1, got {hp['warmup']!r}")
+        out["warmup"] = warmup
+        allowed = "a positive integer or -1 (constant lr)"
+        t_total = _checks.integer(n, "t_total", hp["t_total"], allowed_text=allowed)
+        if not (t_total > 0 or t_total == -1):
+            raise ValueError(f"{n}: t_total must be {allowed}, got {hp['t_total']!r}")
+        out["t_total"] = t_total
+        if hp["schedule"] not in OFFICIAL_SCHEDULES:
+            raise ValueError(f"{n}: schedule must be one of {', '.join(OFFICIAL_SCHEDULES)}, "
+                             f"got {hp['schedule']!r}")
+        out["schedule"] = hp["schedule"]
+        out["betas"] = _checks.betas(n, hp["betas"])
+        if "beta3" in hp:
+            out["beta3"] = _checks.beta(n, "beta3", hp["beta3"])
+        out["eps"] = _checks.nonneg(n, "eps", hp["eps"])
+        out["weight_decay"] = _checks.nonneg(n, "weight_decay", hp["weight_decay"])
+        if "correct_bias" in hp:
+            out["correct_bias"] = _checks.flag(n, "correct_bias", hp["correct_bias"])
+        out["max_grad_norm"] = _checks.real(n, "max_grad_norm", hp["max_grad_norm"],
+                                            range_text="(-inf, inf) (<= 0 turns clipping off)")
+        return out
+
+    def _scheduled_lr(self, lr: float | None, step: int) -> float:
+        """The caller's ``lr`` if given, else the official in-optimizer schedule at ``step``."""
+        h = self.hparams
+        if lr is not None:
+            if h["t_total"] != -1:
+                raise ValueError(f"{self.name}: this rule schedules its own lr (t_total="
+                                 f"{h['t_total']}); call step() with lr=None")
+            return lr
+        return official_lr(h["lr"], step, h["t_total"], h["warmup"], h["schedule"])
+
+
+class BertAdamWRule(_OfficialRule):
+    """``bert-adamw`` (and, with SAGE, ``adamw-sage``): the official BERT-style AdamW.
+
+    Update (``bert-adamw``; ``t`` is incremented first)::
+
+        t     = t + 1
+        g     = g * c  where c = max_grad_norm / (||g||_2 + 1e-6) < 1      (per-tensor clipping)
+        m     = beta1 * m + (1 - beta1) * g
+        v     = beta2 * v + (1 - beta2) * g * g
+        denom = sqrt(v) + eps                       (no bias correction inside the denominator)
+        s     = lr_t                                (scheduled with the incremented t)
+        s     = s * sqrt(1 - beta2^t) / (1 - beta1^t)                        if correct_bias
+        p     = p - s * m / denom
+        p     = p - lr * weight_decay * p           if weight_decay > 0: after the step, on the
+                                                    updated p, with the *unscheduled* base lr
+
+    Symbols -> arguments: ``lr`` (base lr), ``lr_t`` = ``lr * schedule(t / t_total, warmup)``
+    when ``t_total != -1``, else ``lr`` (or the ``lr`` passed to ``step``, which overrides it);
+    ``(beta1, beta2)`` = ``betas``; ``eps``; ``weight_decay``; ``correct_bias``;
+    ``max_grad_norm`` (<= 0: no clipping); ``schedule`` in ``warmup_linear`` (default; note its
+    jump), ``warmup_constant``, ``warmup_linear_xdl``. Aliases ``b1``, ``b2``, ``e``. Defaults
+    (official): ``lr=1e-3``, ``warmup=-1``, ``t_total=-1``, ``betas=(0.9, 0.999)``, ``eps=1e-6``,
+    ``weight_decay=0``, ``correct_bias=True``, ``max_grad_norm=1.0``.
+
+    Reproduces ``AdamW`` of cliang1453/SAGE ``module/bert_optim.py`` (= the ``'common'`` path of
+    its ``UnstructAwareAdamW``).
+
+    Warning: it differs from ``torch.optim.AdamW`` (preset ``adamw``) in three places: eps is
+    added to the *uncorrected* ``sqrt(v)`` (the bias correction is folded into the step size), the
+    decay comes *after* the step and uses the *unscheduled* lr, and the gradient is clipped per
+    tensor at norm 1.0 by default.
+    """
+
+    name = "bert-adamw"
+    reproduces = "AdamW of the official SAGE code (cliang1453/SAGE module/bert_optim.py)"
+    defaults = {"lr": 1e-3, "warmup": -1, "t_total": -1, "schedule": "warmup_linear",
+                "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0, "correct_bias": True,
+                "max_grad_norm": 1.0}
+
+    @property
+    def array_keys(self) -> tuple[str, ...]:
+        if self.sage:
+            return ("exp_avg", "exp_avg_sq", "sensitivity_ema")
+        return ("exp_avg", "exp_avg_sq")
+
+    def _update(self, p, g, state, lr):
+        h = self.hparams
+        b1, b2 = h["betas"]
+        eps = h["eps"]
+        # t = t + 1
+        t = state["step"] + 1
+        # g = g * min(1, max_grad_norm / (||g||_2 + 1e-6))        (per tensor; off if <= 0)
+        g = clip_per_tensor(g, h["max_grad_norm"])
+        # m = beta1 * m + (1 - beta1) * g
+        m = b1 * state["exp_avg"] + (1 - b1) * g
+        # v = beta2 * v + (1 - beta2) * g * g
+        v = b2 * state["exp_avg_sq"] + (1 - b2) * g * g
+        # denom = sqrt(v) + eps
+        denom = np.sqrt(v) + eps
+        # s = lr_t, the lr scheduled with the incremented step count
+        lr_t = self._scheduled_lr(lr, t)
+        s = lr_t
+        new_state: dict[str, Any] = {"step": t, "exp_avg": m, "exp_avg_sq": v}
+        trace: dict[str, np.ndarray] = {"lr": np.asarray(lr_t)}
+        bias_correction1 = 1 - b1**t
+        bias_correction2 = 1 - b2**t
+        if self.sage:
+            b3 = h["beta3"]
+            # I = |p * g|
+            I = sensitivity(p, g)  # noqa: E741
+            # Ibar = beta3 * Ibar + (1 - beta3) * I
+            Ibar = sensitivity_ema(state["sensitivity_ema"], I, b3)
+            # Ihat = Ibar / (1 - beta3^t) if correct_bias, else Ibar
+            Ihat = bias_correct(Ibar, b3, t) if h["correct_bias"] else Ibar
+            # U = |I - Ihat|
+            U = uncertainty(I, Ihat)
+            # r = U / (Ihat + eps^2)
+            r = lr_multiplier(U, Ihat, eps**2)
+            # s = lr_t * r
+            s = s * r
+            if h["correct_bias"]:
+                # s = s * (sqrt(1 - beta2^t) / (1 - beta1^t))   (the official grouping on this path)
+                s = s * (math.sqrt(bias_correction2) / bias_correction1)
+            # p = p - (m / denom) * s
+            new_p = p - m / denom * s
+            new_state["sensitivity_ema"] = Ibar
+            trace.update(sensitivity=I, sensitivity_ema=Ihat, uncertainty=U, lr_scale=r)
+        else:
+            if h["correct_bias"]:
+                # s = s * sqrt(1 - beta2^t) / (1 - beta1^t)
+                s = s * math.sqrt(bias_correction2) / bias_correction1
+            # p = p - s * m / denom
+            new_p = p - s * m / denom
+        if h["weight_decay"] > 0:
+            # p = p - lr * weight_decay * p       (base lr, after the update)
+            new_p = new_p - h["lr"] * h["weight_decay"] * new_p
+        return new_p, new_state, trace
+
+
+class AdamWSAGERule(BertAdamWRule):
+    """``adamw-sage``: AdamW-SAGE exactly as the official ``UnstructAwareAdamW`` (``'mask'`` path).
+
+    Update (``t`` is incremented first)::
+
+        t     = t + 1
+        g     = g * c  where c = max_grad_norm / (||g||_2 + 1e-6) < 1      (per-tensor clipping)
+        m     = beta1 * m + (1 - beta1) * g
+        v     = beta2 * v + (1 - beta2) * g * g
+        denom = sqrt(v) + eps
+        I     = |p * g|                              (p before the update, g after clipping)
+        Ibar  = beta3 * Ibar + (1 - beta3) * I
+        Ihat  = Ibar / (1 - beta3^t)   if correct_bias, else Ibar
+        U     = |I - Ihat|
+        r     = U / (Ihat + eps^2)                   (eps squared: 1e-12 at eps=1e-6)
+        s     = lr_t * r                             (lr_t scheduled with the incremented t)
+        s     = s * (sqrt(1 - beta2^t) / (1 - beta1^t))                      if correct_bias
+        p     = p - (m / denom) * s
+        p     = p - lr * weight_decay * p            if weight_decay > 0 (unscheduled lr, no r)
+
+    Symbols -> arguments as in ``bert-adamw``, plus ``beta3`` (default 0.75). The trace's
+    ``sensitivity_ema`` is ``Ihat`` (the value in the ratio); the state keeps ``Ibar``.
+
+    Reproduces ``UnstructAwareAdamW`` of cliang1453/SAGE ``module/bert_optim.py``.
+
+    Warning: with ``correct_bias`` the sensitivity EMA is bias-corrected, so at the first step
+    ``Ihat = I`` and nothing moves (``U = 0``); the paper's reading (``adam-sage``) and
+    ``adamax-sage`` have no such correction. eps enters the multiplier squared, and in the
+    denominator of the Adam step unsquared and uncorrected. The decay ignores ``r`` and the
+    schedule.
+    """
+
+    name = "adamw-sage"
+    reproduces = "UnstructAwareAdamW of the official SAGE code (module/bert_optim.py)"
+    defaults = {"lr": 1e-3, "warmup": -1, "t_total": -1, "schedule": "warmup_linear",
+                "betas": (0.9, 0.999), "beta3": 0.75, "eps": 1e-6, "weight_decay": 0.0,
+                "correct_bias": True, "max_grad_norm": 1.0}
+    sage = True
+
+
+class BertAdamaxRule(_OfficialRule):
+    """``bert-adamax`` (and, with SAGE, ``adamax-sage``): the official BERT-style Adamax.
+
+    Update (``bert-adamax``; ``t`` is incremented *last*)::
+
+        g      = g * c  where c = max_grad_norm / (||g||_2 + 1e-6) < 1     (per-tensor clipping)
+        m      = beta1 * m + (1 - beta1) * g
+        u      = max(beta2 * u, |g| + eps)
+        update = m / (u + eps)                       (eps a second time; no bias correction)
+        update = update + weight_decay * p           if weight_decay > 0 (p before the update)
+        s      = lr_t                                (scheduled with t *before* the increment)
+        p      = p - s * update
+        t      = t + 1
+
+    Symbols -> arguments: ``lr`` (required: the official class has no default), ``lr_t`` =
+    ``lr * schedule(t / t_total, warmup)`` when ``t_total != -1`` (so with warmup the first update
+    is zero), else ``lr`` or the ``lr`` passed to ``step``; ``(beta1, beta2)`` = ``betas``; ``eps``;
+    ``weight_decay``; ``max_grad_norm``; ``schedule``; aliases ``b1``, ``b2``, ``e``. Defaults
+    (official): ``warmup=-1``, ``t_total=-1``, ``betas=(0.9, 0.999)``, ``eps=1e-6``,
+    ``weight_decay=0.01``, ``max_grad_norm=1.0``.
+
+    Reproduces ``Adamax`` of cliang1453/SAGE ``module/bert_optim.py`` (= the ``'common'`` path of
+    its ``UnstructAwareAdamax``).
+
+    Warning: unlike ``torch.optim.Adamax`` (preset ``adamax``) there is no bias correction, eps is
+    added twice, the weight decay (default 0.01) is added to the update and so scaled by the
+    scheduled lr, and the schedule uses the step count before its increment.
+    """
+
+    name = "bert-adamax"
+    reproduces = "Adamax of the official SAGE code (cliang1453/SAGE module/bert_optim.py)"
+    defaults = {"lr": REQUIRED, "warmup": -1, "t_total": -1, "schedule": "warmup_linear",
+                "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.01, "max_grad_norm": 1.0}
+
+    @property
+    def array_keys(self) -> tuple[str, ...]:
+        if self.sage:
+            return ("exp_avg", "exp_inf", "sensitivity_ema")
+        return ("exp_avg", "exp_inf")
+
+    def _update(self, p, g, state, lr):
+        h = self.hparams
+        b1, b2 = h["betas"]
+        eps = h["eps"]
+        t = state["step"]
+        # g = g * min(1, max_grad_norm / (||g||_2 + 1e-6))        (per tensor; off if <= 0)
+        g = clip_per_tensor(g, h["max_grad_norm"])
+        # m = beta1 * m + (1 - beta1) * g
+        m = b1 * state["exp_avg"] + (1 - b1) * g
+        # u = max(beta2 * u, |g| + eps)
+        u = np.maximum(b2 * state["exp_inf"], np.abs(g) + eps)
+        # update = m / (u + eps)
+        update = m / (u + eps)
+        new_state: dict[str, Any] = {"step": t + 1, "exp_avg": m, "exp_inf": u}
+        if self.sage:
+            # I = |p * g|
+            I = sensitivity(p, g)  # noqa: E741
+            # Ibar = beta3 * Ibar + (1 - beta3) * I
+            Ibar = sensitivity_ema(state["sensitivity_ema"], I, h["beta3"])
+            new_state["sensitivity_ema"] = Ibar
+        if h["weight_decay"] > 0:
+            # update = update + weight_decay * p
+            update = update + h["weight_decay"] * p
+        # s = lr_t, the lr scheduled with the step count *before* its increment
+        lr_t = self._scheduled_lr(lr, t)
+        s = lr_t
+        trace: dict[str, np.ndarray] = {"lr": np.asarray(lr_t)}
+        if self.sage:
+            # U = |I - Ibar|
+            U = uncertainty(I, Ibar)
+            # r = U / (Ibar + eps^2)
+            r = lr_multiplier(U, Ibar, eps**2)
+            # s = lr_t * r
+            s = s * r
+            trace.update(sensitivity=I, sensitivity_ema=Ibar, uncertainty=U, lr_scale=r)
+        # p = p - s * update ;  t = t + 1
+        new_p = p - s * update
+        return new_p, new_state, trace
+
+
+class AdamaxSAGERule(BertAdamaxRule):
+    """``adamax-sage``: Adamax-SAGE exactly as the official ``UnstructAwareAdamax`` (``'mask'``).
+
+    Update (``t`` is incremented *last*)::
+
+        g      = g * c  where c = max_grad_norm / (||g||_2 + 1e-6) < 1     (per-tensor clipping)
+        m      = beta1 * m + (1 - beta1) * g
+        u      = max(beta2 * u, |g| + eps)
+        update = m / (u + eps)
+        I      = |p * g|                             (p before the update, g after clipping)
+        Ibar   = beta3 * Ibar + (1 - beta3) * I      (no bias correction)
+        update = update + weight_decay * p           if weight_decay > 0
+        U      = |I - Ibar|
+        r      = U / (Ibar + eps^2)
+        s      = lr_t * r                            (lr_t scheduled with t before the increment)
+        p      = p - s * update
+        t      = t + 1
+
+    Symbols -> arguments as in ``bert-adamax``, plus ``beta3`` (default 0.75); ``lr`` is required.
+
+    Reproduces ``UnstructAwareAdamax`` of cliang1453/SAGE ``module/bert_optim.py``.
+
+    Warning: without bias correction the first step has ``r = beta3 / (1 - beta3)`` (3 at 0.75)
+    wherever ``I > 0``, and ``r`` stays in ``[0, max(1, beta3 / (1 - beta3))]``. The weight decay is
+    inside the update, so it is scaled by ``r`` too (an entry with ``r = 0`` is not decayed).
+    """
+
+    name = "adamax-sage"
+    reproduces = "UnstructAwareAdamax of the official SAGE code (module/bert_optim.py)"
+    defaults = {"lr": REQUIRED, "warmup": -1, "t_total": -1, "schedule": "warmup_linear",
+                "betas": (0.9, 0.999), "beta3": 0.75, "eps": 1e-6, "weight_decay": 0.01,
+                "max_grad_norm": 1.0}
+    sage = True
