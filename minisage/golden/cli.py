@@ -1,0 +1,65 @@
+"""``minisage golden``: export, check or list the golden vectors of the spec.
+
+    minisage golden export DIR     write DIR/<preset>.json for every preset (byte for byte what is
+                                   committed under minisage/golden/vectors/)
+    minisage golden check [DIR]    regenerate in memory, compare with DIR (default: the committed
+                                   vectors) and validate them; exit 1 on any difference
+    minisage golden list           the cases, one per line
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="golden_command", metavar="ACTION")
+    p = sub.add_parser("export", help="write the golden JSON files into DIR")
+    p.add_argument("dir", metavar="DIR", help="output folder (created if needed)")
+    p.add_argument("--preset", action="append", help="only this preset (repeatable)")
+    p = sub.add_parser("check", help="regenerate and compare with DIR (default: committed files)")
+    p.add_argument("dir", metavar="DIR", nargs="?", default=None)
+    p.add_argument("--preset", action="append", help="only this preset (repeatable)")
+    p = sub.add_parser("list", help="list the committed golden cases")
+    p.add_argument("--preset", action="append", help="only this preset (repeatable)")
+
+
+def _presets(args) -> tuple[str, ...] | None:
+    from minisage import spec
+
+    if not args.preset:
+        return None
+    for name in args.preset:
+        spec.rule_class(name)  # ValueError naming the unknown preset
+    return tuple(args.preset)
+
+
+def run(args: argparse.Namespace) -> int:
+    from minisage import golden
+    from minisage.golden import generate
+
+    action = getattr(args, "golden_command", None)
+    if action is None:
+        raise ValueError("say what to do: export DIR, check [DIR] or list")
+    presets = _presets(args)
+    if action == "export":
+        for path in generate.export(args.dir, presets):
+            print(path)
+        return 0
+    if action == "check":
+        directory = args.dir or golden.vectors_dir()
+        problems = generate.compare(directory, presets)
+        if not problems:
+            from minisage import spec
+
+            for name in presets or spec.presets():
+                golden.load(f"{directory}/{name}.json")
+            print(f"golden vectors in {directory}: identical to what the spec generates")
+            return 0
+        for line in problems:
+            print(line)
+        return 1
+    selected = golden.cases() if presets is None else [c for p in presets for c in golden.cases(p)]
+    for case in selected:
+        print(f"{case.id}\t{case.dtype.name}\t{list(case.shape)}\t{len(case.steps)} steps")
+    return 0
