@@ -1,0 +1,284 @@
+"""The stateful optimizer: param groups, state, ``step``, ``zero_grad``, ``state_dict``.
+
+Every optimizer here is a thin loop over a :mod:`minisage.spec` rule: for each parameter with a
+gradient it calls ``rule.step(param.data, param.grad, state)`` and writes the result back in place
+(``param.data[...] = new``), so the numbers are the spec's, bit for bit.
+
+A parameter is any object with ``.data`` (a floating-point ndarray) and ``.grad`` (an ndarray of the
+same shape, or None: such parameters are skipped, as in torch). ``params`` may be parameters,
+``(name, parameter)`` pairs (e.g. ``model.named_parameters()``; names appear in error messages
+and in the recorded traces), or a list of group dicts
+``{"params": [...], "lr": ..., "sage": bool, ...}`` with per-group hyperparameters.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from minisage import spec
+
+_GROUP_KEYS = ("params", "names", "sage", "params_type")
+
+
+def _is_named(entry: Any) -> bool:
+    return isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)
+
+
+class Optimizer:
+    """Base class. Subclasses set ``plain_preset`` (and, for SAGE, ``sage_preset``)."""
+
+    #: the spec preset of groups with ``sage=False``
+    plain_preset: ClassVar[str] = ""
+    #: the spec preset of groups with ``sage=True`` (None: this optimizer has no SAGE)
+    sage_preset: ClassVar[str | None] = None
+    #: the ``sage`` flag of a group that does not say
+    sage_default: ClassVar[bool] = False
+
+    def __init__(self, params: Iterable[Any], lr: float | None = None, *, record: bool = False,
+                 **hparams: Any) -> None:
+        if lr is not None:
+            hparams["lr"] = lr
+        self._hp_names = tuple(spec.defaults(self.sage_preset or self.plain_preset))
+        for key in hparams:
+            if key not in self._hp_names:
+                raise ValueError(f"{type(self).__name__}: unknown hyperparameter {key!r}; "
+                                 f"allowed: {', '.join(self._hp_names)}")
+        base = spec.defaults(self.sage_preset or self.plain_preset)
+        self.defaults: dict[str, Any] = {**base, **hparams}
+        self.param_groups: list[dict[str, Any]] = []
+        #: parameter index (its position over all groups) -> its state, as the spec rule keeps it
+        self.state: dict[int, dict[str, Any]] = {}
+        #: whether ``step`` keeps each parameter's trace in ``last_trace``
+        self.record = bool(record)
+        #: ``{name: trace}`` of the last step when ``record`` is on, else None
+        self.last_trace: dict[str, dict[str, np.ndarray]] | None = None
+        self._index: dict[int, int] = {}
+        self._names: set[str] = set()
+        self._rules: dict[int, tuple[tuple, spec.Rule]] = {}
+        entries = list(params)
+        if not entries:
+            raise ValueError(f"{type(self).__name__} got an empty parameter list")
+        if all(isinstance(e, Mapping) for e in entries):
+            for group in entries:
+                self.add_param_group(group)
+        elif any(isinstance(e, Mapping) for e in entries):
+            raise ValueError("params must be all parameters / (name, parameter) pairs, or all "
+                             "group dicts, not a mix")
+        else:
+            self.add_param_group({"params": entries})
+
+    # -- groups ---------------------------------------------------------------------------------
+
+    def add_param_group(self, group: Mapping[str, Any]) -> None:
+        """Add a group dict: ``params`` plus any hyperparameter and ``sage`` (defaults fill in)."""
+        cls = type(self).__name__
+        if "params" not in group:
+            raise ValueError(f"{cls}: a param group needs a 'params' entry")
+        for key in group:
+            if key not in _GROUP_KEYS and key not in self._hp_names:
+                raise ValueError(f"{cls}: unknown key {key!r} in a param group; allowed: "
+                                 f"{', '.join((*_GROUP_KEYS[:1], 'sage', *self._hp_names))}")
+        raw = group["params"]
+        entries = [raw] if _is_named(raw) or hasattr(raw, "data") else list(raw)
+        params, names = [], []
+        given_names = group.get("names")
+        for j, entry in enumerate(entries):
+            if _is_named(entry):
+                name, p = entry
+            else:
+                p = entry
+                name = (given_names[j] if given_names is not None
+                        else f"#{len(self._index) + len(params)}")
+            data = getattr(p, "data", None)
+            if not isinstance(data, np.ndarray) or not np.issubdtype(data.dtype, np.floating):
+                raise ValueError(f"{cls}: parameter {name!r} must have .data, a floating-point "
+                                 f"ndarray; got {type(data).__name__}")
+            if id(p) in self._index or any(p is q for q in params):
+                raise ValueError(f"{cls}: parameter {name!r} appears in more than one group")
+            if name in self._names or name in names:
+                raise ValueError(f"{cls}: two parameters are named {name!r}")
+            params.append(p)
+            names.append(name)
+        sage = self.sage_default
+        if "params_type" in group:           # the official code's spelling: 'mask' = SAGE
+            if group["params_type"] not in ("mask", "common"):
+                raise ValueError(f"{cls}: params_type must be 'mask' or 'common', got "
+                                 f"{group['params_type']!r}")
+            sage = group["params_type"] == "mask"
+        if "sage" in group:
+            if not isinstance(group["sage"], (bool, np.bool_)):
+                raise ValueError(f"{cls}: a group's 'sage' must be True or False, got "
+                                 f"{group['sage']!r}")
+            sage = bool(group["sage"])
+        if sage and self.sage_preset is None:
+            raise ValueError(f"{cls} has no SAGE variant; use AdamWSAGE, AdamaxSAGE or AdamSAGE "
+                             "for groups with sage=True")
+        new = {"params": params, "names": names, "sage": sage}
+        for key in self._hp_names:
+            new[key] = group.get(key, self.defaults[key])
+        self._make_rule(new)                 # validates the hyperparameters now
+        gi = len(self.param_groups)
+        for p, name in zip(params, names):
+            self._index[id(p)] = len(self._index)
+            self._names.add(name)
+        self.param_groups.append(new)
+        self._rules.pop(gi, None)
+
+    def _preset(self, group: Mapping[str, Any]) -> str:
+        return self.sage_preset if group["sage"] else self.plain_preset  # type: ignore[return-value]
+
+    def _make_rule(self, group: Mapping[str, Any]) -> spec.Rule:
+        preset = self._preset(group)
+        accepted = spec.defaults(preset)
+        hp = {k: group[k] for k in self._hp_names
+              if k in accepted and group[k] is not spec.REQUIRED}
+        return spec.make(preset, **hp)
+
+    def _rule(self, gi: int) -> spec.Rule:
+        """The group's rule, remade only when its hyperparameters (e.g. ``lr``) changed."""
+        group = self.param_groups[gi]
+        key = (group["sage"], *(_freeze(group[k]) for k in self._hp_names))
+        cached = self._rules.get(gi)
+        if cached is None or cached[0] != key:
+            cached = (key, self._make_rule(group))
+            self._rules[gi] = cached
+        return cached[1]
+
+    # -- the step -------------------------------------------------------------------------------
+
+    def step(self, closure: Callable[[], Any] | None = None, *, lr: float | None = None,
+             lr_scale: float | None = None) -> Any:
+        """Update every parameter that has a gradient; returns ``closure()`` if given.
+
+        The lr of this step (the spec's scheduled ``lr`` argument), for every group:
+
+        - neither given: ``group["lr"]`` (or the rule's internal schedule when ``t_total`` is set);
+        - ``lr``: this value for every group;
+        - ``lr_scale``: ``group["lr"] * lr_scale`` (a schedule multiplier; groups keep their ratio).
+
+        With ``lr``/``lr_scale`` each group's base lr stays ``group["lr"]``; it matters for the
+        official AdamW pair, whose decay uses the unscheduled base lr.
+
+        All-or-nothing: every new value is computed first; if any gradient is non-finite or
+        mismatched, the error (naming the parameter) leaves all parameters and state untouched.
+        """
+        if lr is not None and lr_scale is not None:
+            raise ValueError(f"{type(self).__name__}.step: give lr or lr_scale, not both")
+        loss = closure() if closure is not None else None
+        pending = []
+        for gi, group in enumerate(self.param_groups):
+            rule = self._rule(gi)
+            lr_t = lr if lr_scale is None else group["lr"] * float(lr_scale)
+            for p, name in zip(group["params"], group["names"]):
+                if p.grad is None:
+                    continue
+                idx = self._index[id(p)]
+                state = self.state.get(idx)
+                if state is None:
+                    state = rule.init(p.data)
+                new_p, new_state, trace = rule.step(p.data, p.grad, state, lr=lr_t, name=name,
+                                                    trace=self.record)
+                pending.append((p, idx, name, new_p, new_state, trace))
+        traces: dict[str, dict[str, np.ndarray]] = {}
+        for p, idx, name, new_p, new_state, trace in pending:
+            p.data[...] = new_p
+            self.state[idx] = new_state
+            if self.record:
+                traces[name] = trace
+        self.last_trace = traces if self.record else None
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the gradients: set them to None (default, as torch) or fill them with zeros."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if set_to_none:
+                    p.grad = None
+                elif p.grad is not None:
+                    p.grad[...] = 0
+
+    # -- inspection and checkpoints -------------------------------------------------------------
+
+    def named_parameters(self) -> list[tuple[str, Any]]:
+        """``(name, parameter)`` for every parameter, in index order."""
+        return [(n, p) for g in self.param_groups for n, p in zip(g["names"], g["params"])]
+
+    def state_of(self, param: Any) -> dict[str, Any] | None:
+        """The state of ``param`` (None before its first step)."""
+        return self.state.get(self._index[id(param)])
+
+    def state_dict(self) -> dict[str, Any]:
+        """A deep copy: ``{"state": {index: state}, "param_groups": [{..., "params": [idx]}]}``."""
+        groups = []
+        for group in self.param_groups:
+            g = {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
+            g["params"] = [self._index[id(p)] for p in group["params"]]
+            groups.append(g)
+        state = {idx: {k: (int(v) if k == "step" else np.array(v, copy=True))
+                       for k, v in st.items()}
+                 for idx, st in self.state.items()}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore hyperparameters and state from :meth:`state_dict` (exactly; checked first)."""
+        cls = type(self).__name__
+        groups = state_dict.get("param_groups")
+        saved_state = state_dict.get("state")
+        if not isinstance(groups, list) or not isinstance(saved_state, Mapping):
+            raise ValueError(f"{cls}.load_state_dict: expected 'state' and 'param_groups'")
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"{cls}.load_state_dict: {len(groups)} param groups saved, this "
+                             f"optimizer has {len(self.param_groups)}")
+        new_groups = []
+        params_by_index: dict[int, tuple[Any, dict[str, Any]]] = {}
+        for gi, (saved, mine) in enumerate(zip(groups, self.param_groups)):
+            if len(saved.get("params", ())) != len(mine["params"]):
+                raise ValueError(f"{cls}.load_state_dict: group {gi} has "
+                                 f"{len(saved.get('params', ()))} parameters saved, "
+                                 f"{len(mine['params'])} here")
+            new = dict(mine)
+            for key in (*self._hp_names, "sage"):
+                if key in saved:
+                    new[key] = _freeze(copy.deepcopy(saved[key]))
+            self._make_rule(new)
+            new_groups.append(new)
+            for j, p in enumerate(mine["params"]):
+                params_by_index[int(saved["params"][j])] = (p, new)
+        new_state: dict[int, dict[str, Any]] = {}
+        for key, st in saved_state.items():
+            idx = int(key)
+            if idx not in params_by_index:
+                raise ValueError(f"{cls}.load_state_dict: state for unknown parameter index "
+                                 f"{key!r}")
+            p, group = params_by_index[idx]
+            rule = self._make_rule(group)
+            expected = {"step", *rule.array_keys}
+            if set(st) != expected:
+                raise ValueError(f"{cls}.load_state_dict: state of parameter {idx} has keys "
+                                 f"{sorted(st)}, expected {sorted(expected)}")
+            restored: dict[str, Any] = {"step": int(st["step"])}
+            for k in rule.array_keys:
+                a = np.asarray(st[k])
+                if a.shape != p.data.shape:
+                    raise ValueError(f"{cls}.load_state_dict: state[{k!r}] of parameter {idx} "
+                                     f"has shape {a.shape}, the parameter {p.data.shape}")
+                restored[k] = a.astype(p.data.dtype, copy=True)
+            new_state[self._index[id(p)]] = restored
+        self.param_groups = new_groups
+        self.state = new_state
+        self._rules.clear()
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__} ("]
+        for gi, g in enumerate(self.param_groups):
+            hp = ", ".join(f"{k}={g[k]!r}" for k in self._hp_names)
+            lines.append(f"  group {gi}: {len(g['params'])} params, sage={g['sage']}, {hp}")
+        return "\n".join(lines) + "\n)"
+
+
+def _freeze(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
