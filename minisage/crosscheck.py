@@ -1,0 +1,189 @@
+"""``minisage crosscheck``: run every golden case of the spec through another backend.
+
+::
+
+    minisage crosscheck --backend torch [--dtype float32|float64] [--device cpu|cuda] [--chain]
+                        [--preset PRESET ...]
+    minisage crosscheck --backend jax   [--dtype float32|float64] [--device cpu|cuda] [--chain]
+
+For each implementation the backend offers (e.g. ``AdamWSAGE`` for preset ``adamw-sage``,
+``AdamWSAGE(sage=False)`` for ``bert-adamw``, ``torch.optim.AdamW`` for ``adamw``) it runs the
+committed golden cases of that preset with :func:`minisage.testing.check_case` and prints one row:
+implementation, preset, dtype, number of cases, the worst relative error over every entry of the
+parameter and the state at every step, the tolerance, and ok. The relative error of an entry is
+``|got - expected| / (|expected| + atol/rtol)``, so an entry passes exactly when it is ``<= rtol``
+(``|got - expected| <= atol + rtol |expected|``, the rule of ``minisage.testing``). The exit
+status is 1 if any case fails (its first mismatch is printed under the table).
+
+By default each step starts from the *golden* state of the previous step; ``--chain`` carries the
+backend's own state along instead, as in training. The torch and jax imports happen inside
+:func:`run`; the jax backend turns on ``jax_enable_x64`` first (needed for float64; float32 arrays
+stay float32).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from minisage import testing
+
+BACKENDS = ("torch", "jax")
+DTYPES = ("float64", "float32")
+
+
+@dataclass
+class Row:
+    """One line of the crosscheck table."""
+
+    implementation: str
+    preset: str
+    dtype: str
+    cases: int
+    worst: float
+    rtol: float
+    atol: float
+    failure: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+def _worst(got, expected: np.ndarray, rtol: float, atol: float) -> float:
+    a = np.asarray(got, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    if a.shape != e.shape or a.size == 0:
+        return float("inf") if a.shape != e.shape else 0.0
+    err = np.abs(a - e) / (np.abs(e) + atol / rtol)
+    return float(np.max(np.where(np.isfinite(err), err, np.inf)))
+
+
+def check_implementation(implementation: str, preset: str, step_fn: Callable, dtype: str, *,
+                         chain: bool = False) -> Row:
+    """Run every golden case of ``preset`` in ``dtype`` through ``step_fn``; one table row.
+
+    ``minisage.testing.check_case`` decides pass or fail; the worst relative error is measured
+    on what ``step_fn`` returned (param and state) against the golden values of each step.
+    """
+    cases = testing.golden_cases(preset, dtype)
+    rtol, atol = testing.tolerances(dtype)
+    worst = 0.0
+    failure = None
+    for case in cases:
+        outputs: list = []
+
+        def recording(param, grad, state, lr, hparams, _out=outputs):
+            result = step_fn(param, grad, state, lr, hparams)
+            _out.append(result)
+            return result
+
+        try:
+            testing.check_case(recording, case, chain=chain)
+        except AssertionError as err:
+            failure = failure or str(err)
+        except Exception as err:  # a crash in the backend is a failure of this row, not the run
+            failure = failure or f"golden case {case.id!r}: {type(err).__name__}: {err}"
+        for result, step in zip(outputs, case.steps):
+            got_param, got_state = (result[0], result[1]) if isinstance(result, tuple) else (
+                result, None)
+            worst = max(worst, _worst(got_param, step.param, rtol, atol))
+            if isinstance(got_state, dict):
+                for key, expected in step.state.items():
+                    if key != "step" and key in got_state:
+                        worst = max(worst, _worst(got_state[key], expected, rtol, atol))
+    return Row(implementation, preset, dtype, len(cases), worst, rtol, atol, failure)
+
+
+def check_backend(functions: Sequence[tuple[str, str, Callable]],
+                  dtypes: Sequence[str] = DTYPES, *, chain: bool = False) -> list[Row]:
+    """One row per (implementation, dtype), from ``(implementation, preset, step_fn)`` triples."""
+    return [check_implementation(impl, preset, fn, dtype, chain=chain)
+            for dtype in dtypes for impl, preset, fn in functions]
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """The rows as an aligned text table (and the first failure of each failing row below it)."""
+    header = ("implementation", "preset", "dtype", "cases", "worst rel. error", "tolerance", "ok")
+    body = [(r.implementation, r.preset, r.dtype, str(r.cases), f"{r.worst:.2e}",
+             f"{r.rtol:.0e}", "ok" if r.ok else "FAIL") for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(header, *body)]
+    right = {3, 4, 5}
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    out = [line(header), line(["-" * w for w in widths])] + [line(b) for b in body]
+    for r in rows:
+        if not r.ok:
+            out.append(f"FAIL {r.implementation} ({r.preset}, {r.dtype}): {r.failure}")
+    return "\n".join(out)
+
+
+def backend_functions(backend: str, device: str = "cpu") -> list[tuple[str, str, Callable]]:
+    """The step functions of ``backend`` ("torch" or "jax") on ``device``; imports the framework.
+
+    Raises ValueError (one line) if the backend is not installed or the device is unavailable.
+    """
+    from minisage.cli import UserError
+
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    extra = {"torch": "torch", "jax": "jax"}[backend]
+    try:
+        if backend == "torch":
+            from minisage.backends import torch as module
+        else:
+            from minisage.backends import jax as module
+    except ImportError as err:
+        raise UserError(f"the {backend} backend needs the {backend} extra "
+                        f"(pip install 'minisage[{extra}]'): {err}") from None
+    return module.golden_step_functions(device)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", required=True, choices=BACKENDS,
+                        help="the implementation to check: torch (minisage.backends.torch and "
+                             "torch.optim) or jax (minisage.backends.jax, optax)")
+    parser.add_argument("--dtype", choices=DTYPES, default=None,
+                        help="run only the golden cases of this dtype (default: both)")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu (default) or cuda (cuda:N); cuda fails with a clear error "
+                             "where no GPU is available")
+    parser.add_argument("--preset", action="append", default=None, metavar="PRESET",
+                        help="check only this spec preset (repeatable; default: every preset "
+                             "the backend implements)")
+    parser.add_argument("--chain", action="store_true",
+                        help="carry the backend's own state from step to step (default: start "
+                             "every step from the golden state)")
+
+
+def run(args: argparse.Namespace) -> int:
+    device = str(args.device)
+    if device.split(":")[0] not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu or cuda (optionally cuda:N), got {device!r}")
+    functions = backend_functions(args.backend, device)
+    if args.preset:
+        implemented = sorted({preset for _, preset, _ in functions})
+        unknown = [p for p in args.preset if p not in implemented]
+        if unknown:
+            raise ValueError(f"the {args.backend} backend implements no preset "
+                             f"{', '.join(map(repr, unknown))}; it has: {', '.join(implemented)}")
+        functions = [f for f in functions if f[1] in args.preset]
+    dtypes = DTYPES if args.dtype is None else (args.dtype,)
+    rows = check_backend(functions, dtypes, chain=args.chain)
+    print(f"minisage crosscheck: backend {args.backend}, device {device}, "
+          f"{'chained' if args.chain else 'golden'} state; relative error "
+          "|got - expected| / (|expected| + atol/rtol), ok when <= tolerance")
+    print(format_table(rows))
+    failed = [r for r in rows if not r.ok]
+    total = sum(r.cases for r in rows)
+    if failed:
+        print(f"{len(failed)} of {len(rows)} implementations FAILED")
+        return 1
+    print(f"all {len(rows)} implementations agree with the spec on {total} golden runs")
+    return 0
