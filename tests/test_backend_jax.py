@@ -110,8 +110,10 @@ def test_scale_by_sage_composes_to_adam_sage():
 
 
 def test_float32_without_x64():
-    """With x64 off (jax's default) the float32 golden cases pass too: the bias corrections are
-    computed as -expm1(t log beta), accurate in float32."""
+    """With x64 off (jax's default) the float32 golden cases pass too: the bias corrections
+    (the two presets with them here) are computed as -expm1(t log beta), accurate in float32,
+    where 1 - beta2**t in float32 is off by 1.3e-5 relative at beta2 = 0.999, t = 1 (float32's
+    0.999 is 0.99900001287...): most of the 2e-5 tolerance, spent on one scalar."""
     code = textwrap.dedent("""
         import jax
         from minisage import testing
@@ -119,7 +121,6 @@ def test_float32_without_x64():
         assert not jax.config.jax_enable_x64
         dev = bj.resolve_device("cpu")
         for factory, preset, sage in [(bj.adamw_sage, "adamw-sage", True),
-                                      (bj.adamax_sage, "bert-adamax", False),
                                       (bj.adam_sage, "adam-sage", True)]:
             fn = bj._golden_step(factory, preset, sage, dev)
             testing.check_rule(fn, preset, dtype="float32", chain=True)
