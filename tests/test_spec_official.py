@@ -14,6 +14,7 @@ The hand-derived values of the official presets are in ``tests/test_spec.py``; t
 from __future__ import annotations
 
 import math
+import zlib
 
 import numpy as np
 import pytest
@@ -187,7 +188,7 @@ def assert_close(got, expected, rtol, what):
 @pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-10), (np.float32, 2e-5)],
                          ids=["f64", "f32"])
 def test_matches_the_official_code_over_30_steps(preset, hp, dtype, rtol):
-    rng = np.random.default_rng(abs(hash((preset, tuple(sorted(hp))))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((preset, sorted(hp.items()))).encode()))
     shape = (4, 5)
     p0 = rng.standard_normal(shape).astype(dtype)
     p0[1, 2] = 0.0
