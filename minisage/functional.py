@@ -65,7 +65,7 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int | None = None) -> T
     """Mean of -log softmax(logits)[target] over the rows whose target is not ``ignore_index``.
 
     logits (N, C) (or (..., C), flattened), targets (N,) integers. As in torch, the mean is over
-    the counted rows; if every row is ignored the result is nan (0/0).
+    the counted rows; if every row is ignored the result is nan (0/0), its gradient 0.
     """
     logits = _tensor(logits)
     targets = np.asarray(targets.data if isinstance(targets, Tensor) else targets)
@@ -94,7 +94,7 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int | None = None) -> T
         # d loss / d z = (softmax(z) - onehot(t)) / count on counted rows, 0 elsewhere
         grad = np.exp(log_probs)
         grad[rows, safe_t] -= 1
-        grad *= (g / z.dtype.type(count)) * counted[:, None]
+        grad *= (g / z.dtype.type(max(count, 1))) * counted[:, None]  # all ignored: 0, as torch
         return (grad.reshape(logits.shape),)
 
     return Tensor.make(np.asarray(loss, dtype=z.dtype), (logits,), vjp)

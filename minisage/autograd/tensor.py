@@ -152,8 +152,8 @@ class Tensor:
     def _lift(self, other) -> Tensor:
         if isinstance(other, Tensor):
             return other
-        if isinstance(other, numbers.Number):  # a Python number takes this tensor's dtype
-            return Tensor(np.asarray(other, dtype=self.dtype))
+        if isinstance(other, numbers.Number) and self.dtype.kind == "f":
+            return Tensor(np.asarray(other, dtype=self.dtype))  # a number takes a float's dtype
         return Tensor(other)
 
     def _binary(self, other, op_name: str, forward, vjp) -> Tensor:
@@ -201,9 +201,9 @@ class Tensor:
     def __pow__(self, exponent):
         if not isinstance(exponent, numbers.Real):
             raise TypeError("pow: the exponent must be a Python number")
-        x = self.data
-        # d(x^p)/dx = p x^(p-1)
-        return Tensor.make(x**exponent, (self,), lambda g: (g * exponent * x ** (exponent - 1),))
+        x, p = self.data, exponent.item() if isinstance(exponent, np.generic) else exponent
+        # d(x^p)/dx = p x^(p-1); 0 for p = 0, also at x = 0 (as torch)
+        return Tensor.make(x**p, (self,), lambda g: (g * p * x ** (p - 1) if p else 0 * g,))
 
     # ----- matrix product (batched, broadcasting over leading axes) --------------------------
     def __matmul__(self, other):
@@ -261,7 +261,7 @@ class Tensor:
             if not keepdims:
                 g = g.reshape(peak.shape)
             # ties share the gradient equally
-            is_max = x == peak
+            is_max = (x == peak).astype(x.dtype)
             return (g * is_max / is_max.sum(axis=axis, keepdims=True),)
 
         out = peak if keepdims else (peak.reshape(()) if axis is None else peak.squeeze(axis))
@@ -328,7 +328,8 @@ class Tensor:
 
     def relu(self):
         positive = self.data > 0  # relu'(0) = 0
-        return Tensor.make(self.data * positive, (self,), lambda g: (g * positive,))
+        out = np.maximum(self.data, 0)  # not x * (x > 0): that is nan at -inf, -0 below 0
+        return Tensor.make(out, (self,), lambda g: (g * positive,))
 
     def abs(self):
         sign = np.sign(self.data)  # |x|'(0) = 0
