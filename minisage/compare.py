@@ -25,7 +25,7 @@ from minisage import plots, spec
 from minisage.tasks import TASKS, make_task
 from minisage.train import TrainConfig, pretrained_state, pruning_curve, train
 
-PRUNE_FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+PRUNE_FRACTIONS = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9)
 DEFAULT_OPTIMIZERS = ("bert-adamw", "adamw-sage")
 
 
@@ -152,7 +152,7 @@ def write_outputs(out: str, task, runs: dict, summary: dict) -> list[str]:
     ]
     if recorded:
         figures += [
-            plots.sensitivity_over_time(
+            plots.sensitivity_heatmap(
                 {n: rec.rows for n, rec in recorded.items()},
                 os.path.join(out, "sensitivity_over_time.png"),
                 title="Smoothed sensitivity Ibar of each attention/FFN matrix (seed 0)"),
@@ -165,7 +165,8 @@ def write_outputs(out: str, task, runs: dict, summary: dict) -> list[str]:
                 {n: {s: h["lr_scale"] for s, h in rec.histograms.items()}
                  for n, rec in recorded.items()},
                 os.path.join(out, "multiplier_distribution.png"), xlabel="r = U / (Ibar + eps)",
-                title="The SAGE multiplier r = U / Ibar, paper form (seed 0)"),
+                log=False, value_range=(0, 3),
+                title="The SAGE multiplier r = U / Ibar, paper form: in [0, b3/(1-b3)] (seed 0)"),
         ]
     return figures
 

@@ -46,34 +46,45 @@ def learning_curves(histories: dict[str, list[list[dict]]], path, title="") -> s
     return _save(fig, path)
 
 
-def sensitivity_over_time(rows_by_optimizer: dict[str, list[dict]], path,
-                          quantity="sensitivity_ema", title="") -> str:
-    """The median and the 5-95% range, over all recorded layers pooled by their per-layer
-    quantiles, of ``quantity`` against step, one panel per optimizer (log scale)."""
+def _short(layer: str) -> str:
+    """``blocks.0.attention.self.query.weight`` -> ``0 attention.self.query``."""
+    return layer.replace("blocks.", "").replace(".weight", "").replace(".", " ", 1)
+
+
+def sensitivity_heatmap(rows_by_optimizer: dict[str, list[dict]], path,
+                        quantity="sensitivity_ema", title="") -> str:
+    """log10 of each layer's median ``quantity`` (rows) against training step (columns), one
+    panel per optimizer, on one shared color scale."""
     names = list(rows_by_optimizer)
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), sharey=True,
-                             squeeze=False)
-    for ax, name in zip(axes[0], names):
+    grids = {}
+    for name in names:
         rows = [r for r in rows_by_optimizer[name] if r["quantity"] == quantity]
-        layers = sorted({r["layer"] for r in rows})
-        for color, layer in zip(COLORS * 4, layers):
-            mine = [r for r in rows if r["layer"] == layer]
-            steps = [r["step"] for r in mine]
-            ax.plot(steps, [r["q50"] for r in mine], color=color, lw=1,
-                    label=layer.replace("blocks.", "b").replace(".weight", ""))
-            ax.fill_between(steps, [r["q05"] for r in mine], [r["q95"] for r in mine],
-                            color=color, alpha=0.06)
-        ax.set_yscale("log")
+        layers = list(dict.fromkeys(r["layer"] for r in rows))
+        steps = sorted({r["step"] for r in rows})
+        grid = np.full((len(layers), len(steps)), np.nan)
+        for r in rows:
+            grid[layers.index(r["layer"]), steps.index(r["step"])] = r["q50"]
+        grids[name] = (layers, steps, np.log10(np.maximum(grid, 1e-30)))
+    finite = np.concatenate([g[np.isfinite(g)].ravel() for _, _, g in grids.values()])
+    vmin, vmax = np.percentile(finite, [1, 99]) if finite.size else (0, 1)
+    height = 1.2 + 0.28 * max(len(g[0]) for g in grids.values())
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), height), squeeze=False)
+    for i, (ax, name) in enumerate(zip(axes[0], names)):
+        layers, steps, grid = grids[name]
+        image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax,
+                          extent=(steps[0], steps[-1], len(layers) - 0.5, -0.5))
+        ax.set_yticks(range(len(layers)), [_short(layer) for layer in layers] if i == 0 else [],
+                      fontsize=7)
         ax.set(xlabel="training step", title=name)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"{quantity} (median, 5-95% band)")
-    axes[0][-1].legend(fontsize=6, loc="best")
+    fig.colorbar(image, ax=axes[0].tolist(), label=f"log10 median {quantity} per layer")
     fig.suptitle(title)
-    return _save(fig, path)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return str(path)
 
 
 def distributions(samples: dict[str, dict[int, np.ndarray]], path, xlabel, title="",
-                  log=True) -> str:
+                  log=True, value_range=None) -> str:
     """Histograms of a quantity at a few steps, one panel per optimizer. ``samples``:
     optimizer -> step -> values. With ``log``, values are shown as log10 (zeros dropped)."""
     names = list(samples)
@@ -84,8 +95,8 @@ def distributions(samples: dict[str, dict[int, np.ndarray]], path, xlabel, title
             values = np.asarray(values, dtype=float)
             if log:
                 values = np.log10(values[values > 0])
-            ax.hist(values, bins=60, histtype="step", color=color, density=True,
-                    label=f"step {step}")
+            ax.hist(values, bins=60, range=value_range, histtype="step", color=color,
+                    density=True, label=f"step {step}")
         ax.set(xlabel=f"log10 {xlabel}" if log else xlabel, ylabel="density", title=name)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)

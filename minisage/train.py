@@ -36,7 +36,7 @@ class TrainConfig:
     task: str = "finetune"
     optimizer: str = "bert-adamw"  # any spec preset name
     lr: float = 1e-3
-    steps: int = 300
+    steps: int = 200
     batch_size: int = 32
     weight_decay: float = 0.01
     clip_norm: float = 1.0  # global gradient-norm clipping; 0 turns it off
@@ -152,7 +152,7 @@ class SensitivityRecorder:
         snapshot = step in self.checkpoints
         pooled = {"sensitivity_ema": [], "lr_scale": []}
         for name, p in named_params:
-            if p.grad is None:
+            if p.grad is None or not is_sage_matrix(name, p):
                 continue
             sensitivity = spec.sensitivity(p.data, p.grad)
             previous = self.sensitivity_ema.get(name, np.zeros_like(sensitivity))
@@ -297,10 +297,14 @@ def train(config: TrainConfig, task: Task | None = None, init_state: dict | None
 
 
 # ----- pruning analysis ------------------------------------------------------------------------
+def is_sage_matrix(name: str, p) -> bool:
+    """Whether a parameter is an attention or feed-forward weight matrix (SAGE group, 2-D)."""
+    return p.ndim == 2 and any(pattern in name for pattern in SAGE_PATTERNS)
+
+
 def sage_matrices(model: Transformer) -> list[tuple[str, object]]:
     """The attention and feed-forward weight matrices (the SAGE group's matrices)."""
-    return [(n, p) for n, p in model.named_parameters()
-            if p.ndim == 2 and any(pattern in n for pattern in SAGE_PATTERNS)]
+    return [(n, p) for n, p in model.named_parameters() if is_sage_matrix(n, p)]
 
 
 def batch_sensitivity(model: Transformer, task: Task, n: int = 512) -> dict[str, np.ndarray]:
