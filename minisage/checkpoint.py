@@ -76,11 +76,12 @@ def load(path) -> dict:
     """Read and validate a checkpoint; returns {"config", "step", "meta", "arrays"}."""
     from minisage.train import TrainConfig
 
+    with open(path, "rb") as f:  # FileNotFoundError propagates with the path in it
+        if f.read(4) != b"PK\x03\x04":
+            raise CheckpointError(f"{path}: not a .npz checkpoint (not a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
-    except FileNotFoundError:
-        raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise CheckpointError(f"{path}: not a readable .npz checkpoint ({err})") from None
     if "meta" not in arrays:

@@ -8,11 +8,13 @@ The command ``minisage train`` is this module's ``run``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 
@@ -184,6 +186,23 @@ class SensitivityRecorder:
 
 
 # ----- the run -------------------------------------------------------------------------------
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Within the block, Ctrl-C only sets ``flag["pending"]``, so that the loop can stop between
+    two whole steps and save a consistent checkpoint. (Signals exist in the main thread only.)"""
+    flag = {"pending": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, lambda *_: flag.update(pending=True))
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+
 @dataclass
 class RunResult:
     config: TrainConfig
@@ -254,8 +273,7 @@ def train(config: TrainConfig, task: Task | None = None, init_state: dict | None
     train_probe = Split(task.train.ids[:TRAIN_PROBE], task.train.targets[:TRAIN_PROBE])
     bar = ProgressBar(config.steps, label or config.optimizer, enabled=progress)
     train_seconds = 0.0
-    step = start_step - 1
-    try:
+    with deferred_interrupt() as interrupt:
         for step in range(start_step, (stop_at or config.steps) + 1):
             tick = time.perf_counter()
             ids, targets = batch_for_step(task, config.seed, step, config.batch_size)
@@ -281,15 +299,16 @@ def train(config: TrainConfig, task: Task | None = None, init_state: dict | None
                 bar.update(step, f"loss {loss.item():.3f} val acc {row['val_accuracy']:.3f}")
             else:
                 bar.update(step)
-    except KeyboardInterrupt:
-        bar.close()
-        path = checkpoint_path or f"interrupted-{config.task}-{config.optimizer}.npz"
-        from minisage.checkpoint import save
+            if interrupt["pending"]:  # Ctrl-C: stop between two whole steps
+                bar.close()
+                if checkpoint_path:
+                    from minisage.checkpoint import save
 
-        save(path, config, model, optimizer, recorder, history, step=step - 1)
-        print(f"\ninterrupted: saved a checkpoint at step {step - 1} to {path} "
-              f"(continue with --resume {path})", file=sys.stderr)
-        raise
+                    save(checkpoint_path, config, model, optimizer, recorder, history, step=step)
+                    print(f"\ninterrupted: saved a checkpoint at step {step} to "
+                          f"{os.path.abspath(checkpoint_path)} (continue with --resume "
+                          f"{os.path.abspath(checkpoint_path)})", file=sys.stderr)
+                raise KeyboardInterrupt
     bar.close()
     done = (stop_at or config.steps) - start_step + 1
     return RunResult(config, history, recorder, model, optimizer, train_seconds,
@@ -432,8 +451,6 @@ def run(args: argparse.Namespace) -> int:
     if task.pretrain is not None and resume is None:
         init_state = pretrained_state(config, task, progress=not args.quiet)
     interrupted_path = args.save or f"{config.task}-{config.optimizer}-interrupted.npz"
-    # Ctrl-C arrives as KeyboardInterrupt even if an outer handler changed SIGINT.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         result = train(config, task, init_state=init_state, progress=not args.quiet,
                        checkpoint_path=interrupted_path, resume=resume)

@@ -3,8 +3,10 @@ the recorder, pruning, and the CLI in a fast mode."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -182,3 +184,25 @@ def test_batches_depend_only_on_seed_and_step():
     b = batch_for_step(task, 3, 200, 32)
     np.testing.assert_array_equal(a[0], b[0])
     assert not np.array_equal(a[0], batch_for_step(task, 3, 201, 32)[0])
+
+
+def test_ctrl_c_saves_a_checkpoint_between_steps(tmp_path):
+    path = tmp_path / "run.npz"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "minisage", "train", "--task", "sort", "--steps", "100000",
+         "--eval-every", "100000", "--quiet", "--save", str(path)],
+        stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4)  # start-up plus a few dozen steps
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "interrupted: saved a checkpoint" in err and str(path) in err
+    saved = checkpoint.load(path)
+    assert 0 < saved["step"] < 100000
+    # the checkpoint holds a whole step: resuming continues from the next one
+    config = TrainConfig(**{**saved["config"].__dict__, "steps": saved["step"] + 2})
+    resumed = train(config, resume={**saved, "config": config})
+    assert resumed.final["step"] == saved["step"] + 2
