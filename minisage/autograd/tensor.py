@@ -19,11 +19,13 @@ Conventions (each pinned by a test):
 from __future__ import annotations
 
 import contextlib
+import math
 import numbers
 
 import numpy as np
 
 _grad_enabled = True
+_BLAS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 @contextlib.contextmanager
@@ -44,8 +46,13 @@ def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """
     if grad.shape == shape:
         return grad
-    # Leading axes that broadcasting added.
-    grad = grad.sum(axis=tuple(range(grad.ndim - len(shape))))
+    # Leading axes that broadcasting added (a bias, say): summed by one vector-matrix product,
+    # several times faster than NumPy's reduction (the same sum, in another order).
+    lead = grad.ndim - len(shape)
+    if grad.shape[lead:] == shape and grad.dtype in _BLAS and grad.flags.c_contiguous:
+        rows = grad.reshape(-1, math.prod(shape))
+        return (np.ones(len(rows), grad.dtype) @ rows).reshape(shape)
+    grad = grad.sum(axis=tuple(range(lead)))
     # Axes where the input had length 1.
     stretched = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
     return grad.sum(axis=stretched, keepdims=True) if stretched else grad
@@ -109,21 +116,31 @@ class Tensor:
             raise ValueError(f"backward: grad has shape {grad.shape}, tensor has {self.shape}")
 
         grads = {id(self): grad}
+        owned = set()  # nodes whose gradient is a sum this loop made: later uses add in place
         for node in reversed(_topological_order(self)):
-            g = grads.pop(id(node), None)
+            key = id(node)
+            g = grads.pop(key, None)
             if g is None:
                 continue
             if node._vjp is None:  # a leaf: keep its gradient, in its own dtype and memory
-                if node.grad is None:
-                    node.grad = np.array(g, dtype=node.dtype)
-                else:
+                if node.grad is not None:
                     node.grad += g
+                elif key in owned and g.dtype == node.dtype:
+                    node.grad = g
+                else:
+                    node.grad = np.array(g, dtype=node.dtype)
                 continue
             for parent, parent_grad in zip(node._parents, node._vjp(g)):
                 if parent_grad is None or not parent.requires_grad:
                     continue
                 key = id(parent)
-                grads[key] = parent_grad if key not in grads else grads[key] + parent_grad
+                if key not in grads:
+                    grads[key] = parent_grad
+                elif key in owned:
+                    grads[key] += parent_grad
+                else:
+                    grads[key] = grads[key] + parent_grad
+                    owned.add(key)
 
     def detach(self) -> Tensor:
         """The same data, cut from the graph."""
@@ -156,32 +173,36 @@ class Tensor:
             return Tensor(np.asarray(other, dtype=self.dtype))  # a number takes a float's dtype
         return Tensor(other)
 
-    def _binary(self, other, op_name: str, forward, vjp) -> Tensor:
+    def _binary(self, other, op_name: str, forward, grad_a, grad_b) -> Tensor:
+        """``forward(a, b)`` with broadcasting; ``grad_a(g, a, b, out)`` and ``grad_b(...)`` are
+        the VJPs before unbroadcasting, called only for operands that require grad."""
         a, b = self, self._lift(other)
         try:
-            np.broadcast_shapes(a.shape, b.shape)
+            out = forward(a.data, b.data)
         except ValueError:
             raise ValueError(
                 f"{op_name}: shapes {a.shape} and {b.shape} cannot be broadcast together"
             ) from None
-        out = forward(a.data, b.data)
         return Tensor.make(out, (a, b), lambda g: tuple(
-            unbroadcast(grad, p.shape) if grad is not None else None
-            for grad, p in zip(vjp(g, a.data, b.data, out), (a, b))
+            unbroadcast(grad(g, a.data, b.data, out), p.shape) if p.requires_grad else None
+            for grad, p in ((grad_a, a), (grad_b, b))
         ))
 
     def __add__(self, other):
-        return self._binary(other, "add", np.add, lambda g, a, b, out: (g, g))
+        return self._binary(other, "add", np.add, lambda g, a, b, out: g, lambda g, a, b, out: g)
 
     def __sub__(self, other):
-        return self._binary(other, "sub", np.subtract, lambda g, a, b, out: (g, -g))
+        return self._binary(other, "sub", np.subtract, lambda g, a, b, out: g,
+                            lambda g, a, b, out: -g)
 
     def __mul__(self, other):
-        return self._binary(other, "mul", np.multiply, lambda g, a, b, out: (g * b, g * a))
+        return self._binary(other, "mul", np.multiply, lambda g, a, b, out: g * b,
+                            lambda g, a, b, out: g * a)
 
     def __truediv__(self, other):
         # d(a/b)/db = -a/b^2 = -out/b
-        return self._binary(other, "div", np.divide, lambda g, a, b, out: (g / b, -g * out / b))
+        return self._binary(other, "div", np.divide, lambda g, a, b, out: g / b,
+                            lambda g, a, b, out: -g * out / b)
 
     def __radd__(self, other):
         return self._lift(other) + self
@@ -228,8 +249,11 @@ class Tensor:
         def vjp(g):
             g2 = g.reshape(out2.shape)
             # dL/dA = G B^T, dL/dB = A^T G, each summed over broadcast batch axes
-            grad_a = unbroadcast(g2 @ np.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
-            grad_b = unbroadcast(np.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(b.shape)
+            grad_a = grad_b = None
+            if a.requires_grad:
+                grad_a = unbroadcast(g2 @ np.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
+            if b.requires_grad:
+                grad_b = unbroadcast(np.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(b.shape)
             return grad_a, grad_b
 
         return Tensor.make(out, (a, b), vjp)

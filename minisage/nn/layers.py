@@ -30,12 +30,8 @@ class Linear(Module):
             self.bias = Parameter(rng.uniform(-bound, bound, out_features).astype(dtype))
 
     def forward(self, x: Tensor) -> Tensor:
-        # One (N, in) @ (in, out) product over all leading axes: one large GEMM in both directions.
-        leading = x.shape[:-1]
-        y = x.reshape(-1, x.shape[-1]) @ self.weight.transpose()  # (N, out)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*leading, y.shape[-1])
+        # x W^T + b as one (N, in) @ (in, out) product over all leading axes, one primitive
+        return F.linear(x, self.weight, self.bias)
 
 
 class Embedding(Module):

@@ -91,14 +91,17 @@ class SelfAttention(Module):
             return t.reshape(B, T, H, D // H).transpose(0, 2, 1, 3)
 
         q, k, v = heads(self.self.query(x)), heads(self.self.key(x)), heads(self.self.value(x))
-        # scores = q k^T / sqrt(d_head)
-        scores = (q @ k.transpose(0, 1, 3, 2)) * (1 / math.sqrt(D // H))  # (B, H, T, T)
-        if causal:
-            future = np.triu(np.ones((T, T), dtype=bool), k=1)  # position i sees j <= i
-            scores = F.masked_fill(scores, future, -np.inf)
-        weights = self.dropout(F.softmax(scores, axis=-1))  # (B, H, T, T)
-        mixed = (weights @ v).transpose(0, 2, 1, 3).reshape(B, T, D)  # (B, T, D)
-        return self.output.dense(mixed)
+        if self.dropout.p and self.training:  # dropout on the weights: the composition itself
+            # scores = q k^T / sqrt(d_head)
+            scores = (q @ k.transpose(0, 1, 3, 2)) * (1 / math.sqrt(D // H))  # (B, H, T, T)
+            if causal:
+                future = np.triu(np.ones((T, T), dtype=bool), k=1)  # position i sees j <= i
+                scores = F.masked_fill(scores, future, -np.inf)
+            weights = self.dropout(F.softmax(scores, axis=-1))  # (B, H, T, T)
+            mixed = weights @ v  # (B, H, T, D/H)
+        else:  # the same function as one fused primitive (no dropout to apply)
+            mixed = F.scaled_dot_product_attention(q, k, v, causal)  # (B, H, T, D/H)
+        return self.output.dense(mixed.transpose(0, 2, 1, 3).reshape(B, T, D))  # (B, T, D)
 
 
 class Block(Module):
