@@ -7,7 +7,6 @@ gives zeros (its variance is 0, ``eps`` keeps the division finite).
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -25,61 +24,43 @@ def _tensor(x) -> Tensor:
     return x if isinstance(x, Tensor) else Tensor(x)
 
 
-# Abramowitz & Stegun 7.1.26: erfc(y) = t (a1 + t (a2 + ... + t a5)) exp(-y^2), t = 1 / (1 + p y),
-# y >= 0, |error| < 1.5e-7 (torch's float32 CPU kernel uses it too). Halved: 0.5 erfc = Phi(-|z|).
-_AS_P = 0.3275911 / math.sqrt(2)
-_AS_HALF_A = (0.5 * 1.061405429, 0.5 * -1.453152027, 0.5 * 1.421413741, 0.5 * -0.284496736,
-              0.5 * 0.254829592)
+# float32 Phi by Abramowitz & Stegun 7.1.26 (as torch's float32 CPU kernel): for y >= 0,
+# erfc(y) = t (a1 + t (a2 + t (a3 + t (a4 + t a5)))) exp(-y^2), t = 1 / (1 + p y), |error| < 1.5e-7
+_AS = (0.3275911, 0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 
 
-def _phi_tail(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float32: ``(Phi(-|z|), exp(-z^2 / 2))`` by A&S 7.1.26 (~15 NumPy passes instead of scipy's
-    scalar erf, ten times slower); Phi(-|z|) is accurate to 1.5e-7 absolute."""
-    f = z.dtype.type
-    e = np.multiply(z, z)
-    e *= f(-0.5)
-    np.exp(e, out=e)
-    t = np.abs(z)
-    t *= f(_AS_P)
+def _normal_cdf32(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Phi(z), exp(-z^2 / 2)) of a 1-D float32 array, in ~20 NumPy passes (scipy's erf: 10x)."""
+    f, (p, *a) = z.dtype.type, _AS
+    e = np.exp(z * (z * f(-0.5)))  # exp(-y^2) at y = |z| / sqrt 2
+    t = np.abs(z) * f(p / math.sqrt(2))
     t += f(1)
     np.divide(f(1), t, out=t)
-    q = t * f(_AS_HALF_A[0])
-    for a in _AS_HALF_A[1:]:  # Horner
-        q += f(a)
-        q *= t
-    q *= e
-    return q, e
+    tail = t * f(a[4] / 2)  # Phi(-|z|) = erfc(y) / 2, by Horner
+    for c in reversed(a[:4]):
+        tail += f(c / 2)
+        tail *= t
+    tail *= e
+    cdf = np.greater(z, 0).astype(z.dtype)  # Phi(z) = |[z > 0] - Phi(-|z|)|
+    cdf -= tail
+    return np.abs(cdf, out=cdf), e
 
 
 def gelu(x: Tensor, approximate: str = "none") -> Tensor:
-    """GELU. ``"none"``: x Phi(x) with the exact normal CDF, scipy.special.ndtr (float64, others);
-    for float32, Phi(x) from Phi(-|x|) by A&S 7.1.26 (absolute error < 1.5e-7, as torch's kernel).
+    """GELU. ``"none"``: x Phi(x) with the exact normal CDF, scipy.special.ndtr (float64 and other
+    dtypes); for float32, A&S 7.1.26 (|error of Phi| < 1.5e-7, the formula of torch's kernel).
     ``"tanh"``: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as torch's approximate="tanh"."""
     x = _tensor(x)
     z = x.data
     if approximate == "none":
-        # d/dz [z Phi(z)] = Phi(z) + z phi(z), phi(z) = exp(-z^2 / 2) / sqrt(2 pi)
-        if z.dtype == np.float32:
-            flat = z.reshape(-1)  # (in place below: 0-d arrays would become scalars)
-            tail, e = _phi_tail(flat)  # Phi(-|z|), exp(-z^2 / 2)
-            cdf = np.greater(flat, 0).astype(z.dtype)  # Phi(z) = |[z > 0] - Phi(-|z|)|
-            cdf -= tail
-            np.abs(cdf, out=cdf)
-
-            def vjp(g):
-                slope = flat * e
-                slope *= z.dtype.type(1 / math.sqrt(2 * math.pi))
-                slope += cdf
-                return (g * slope.reshape(z.shape),)
-
-            return Tensor.make((flat * cdf).reshape(z.shape), (x,), vjp)
-        cdf = ndtr(z)
-
-        def vjp(g):
-            pdf = np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-            return (g * (cdf + z * pdf),)
-
-        return Tensor.make(z * cdf, (x,), vjp)
+        # d/dz [z Phi(z)] = Phi(z) + z phi(z), phi(z) = exp(-z^2 / 2) / sqrt(2 pi): in the VJP only
+        if z.dtype == np.float32:  # (on a flat view: in place, 0-d results would be scalars)
+            cdf, e = (a.reshape(z.shape) for a in _normal_cdf32(z.reshape(-1)))
+            pdf = lambda: e * z.dtype.type(1 / math.sqrt(2 * math.pi))
+        else:
+            cdf = ndtr(z)
+            pdf = lambda: np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+        return Tensor.make(z * cdf, (x,), lambda g: (g * (cdf + z * pdf()),))
     if approximate == "tanh":
         k = math.sqrt(2 / math.pi)
         inner = np.tanh(k * (z + 0.044715 * z**3))
@@ -109,9 +90,7 @@ def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
     x = _tensor(x)
     shifted = x.data - x.data.max(axis=axis, keepdims=True)
     out = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
-    return Tensor.make(
-        out, (x,), lambda g: (g - np.exp(out) * g.sum(axis=axis, keepdims=True),)
-    )
+    return Tensor.make(out, (x,), lambda g: (g - np.exp(out) * g.sum(axis=axis, keepdims=True),))
 
 
 def cross_entropy(logits: Tensor, targets, ignore_index: int | None = None) -> Tensor:
@@ -191,16 +170,13 @@ def embedding(ids, weight: Tensor) -> Tensor:
     if ids.size and (ids.min() < 0 or ids.max() >= weight.shape[0]):
         raise ValueError(f"embedding: ids must lie in [0, {weight.shape[0]})")
 
-    def vjp(g):
-        # each used row gets the sum of its ids' gradients: sort the ids, sum each run of equal ones
-        flat = ids.reshape(-1)
-        order = np.argsort(flat, kind="stable")
-        sorted_ids = flat[order]
-        starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
-        grad = np.zeros_like(weight.data)
-        rows = g.reshape(-1, *weight.shape[1:])[order]
-        if len(flat):
-            grad[sorted_ids[starts]] = np.add.reduceat(rows, starts, axis=0)
+    def vjp(g):  # each used row: the sum of its ids' rows (sort the ids, add up runs of equals)
+        order = np.argsort(ids, axis=None, kind="stable")
+        sorted_ids = ids.reshape(-1)[order]
+        starts = np.flatnonzero(np.diff(sorted_ids, prepend=-1))
+        grad, rows = np.zeros_like(weight.data), g.reshape(-1, *weight.shape[1:])[order]
+        if order.size:
+            grad[sorted_ids[starts]] = np.add.reduceat(rows, starts)
         return (grad,)
 
     return Tensor.make(weight.data[ids], (weight,), vjp)
@@ -255,42 +231,30 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     y = rows @ weight.data.T  # (N, out)
     if bias is not None:
         y += bias.data
-    parents = (x, weight) if bias is None else (x, weight, bias)
 
-    def vjp(g):
+    def vjp(g):  # dL/dx = G W, dL/dW = G^T X, dL/db = the sum of G's rows
         g = g.reshape(y.shape)
-        # dL/dx = G W, dL/dW = G^T X, dL/db = sum of G's rows
-        grads = ((g @ weight.data).reshape(x.shape) if x.requires_grad else None, g.T @ rows)
-        return grads if bias is None else (*grads, unbroadcast(g, bias.shape))
+        grad_x = (g @ weight.data).reshape(x.shape) if x.requires_grad else None
+        return (grad_x, g.T @ rows) + (() if bias is None else (unbroadcast(g, bias.shape),))
 
-    return Tensor.make(y.reshape(*x.shape[:-1], y.shape[-1]), parents, vjp)
-
-
-@functools.lru_cache(maxsize=32)
-def _future(t: int, s: int, dtype: np.dtype) -> np.ndarray:
-    """0 where query i may see key j <= i, -inf above the diagonal: (t, s)."""
-    return np.where(np.triu(np.ones((t, s), bool), k=1), -np.inf, 0).astype(dtype)
+    out = y.reshape(*x.shape[:-1], y.shape[-1])
+    return Tensor.make(out, (x, weight) if bias is None else (x, weight, bias), vjp)
 
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
     """softmax(q k^T / sqrt(d), -inf above the diagonal if ``causal``) v; q, k, v (..., T, d).
 
-    One primitive for the composition (the reference, as written in ``nn.SelfAttention``)::
-
-        scores = (q @ k^T) * (1 / sqrt(d)); masked_fill(scores, future, -inf); softmax(scores) @ v
-
-    with the same value and VJP to rounding (tests check both against it and torch), minus its
-    graph and copies: the weights are built in place and the mask is added (0 or -inf). Softmax
-    may shift a row by any number; the row's diagonal score is cheap (NumPy's row-wise maximum is
-    slow over short rows) and keeps the sum >= 1. Where a score exceeds its diagonal by more than
-    80 (exp would overflow in float32) the rows are shifted by their maximum as well.
+    One primitive with the value and VJP of the composition in ``nn.SelfAttention`` (the reference,
+    tested against it and torch), without its graph and copies. Softmax may shift a row by any
+    number: its diagonal score is cheap (NumPy's row maximum over short rows is slow) and keeps the
+    row's sum >= 1; the maximum is used as well where exp would overflow (a score 80 above it).
     """
     q, k, v = _tensor(q), _tensor(k), _tensor(v)
     scale = q.dtype.type(1 / math.sqrt(q.shape[-1]))
     w = q.data @ np.swapaxes(k.data, -1, -2)  # scores (..., T, S), then the weights in place
     w *= scale
-    if causal:
-        w += _future(w.shape[-2], w.shape[-1], w.dtype)
+    if causal:  # query i sees keys j <= i
+        w += np.where(np.triu(np.ones(w.shape[-2:], bool), k=1), -np.inf, 0).astype(w.dtype)
     if w.shape[-2] == w.shape[-1]:  # shift each row by its own (always visible) diagonal score
         w -= np.diagonal(w, axis1=-2, axis2=-1)[..., None].copy()
     if w.shape[-2] != w.shape[-1] or w.max() > 80:  # exp would overflow: the row maximum

@@ -116,31 +116,21 @@ class Tensor:
             raise ValueError(f"backward: grad has shape {grad.shape}, tensor has {self.shape}")
 
         grads = {id(self): grad}
-        owned = set()  # nodes whose gradient is a sum this loop made: later uses add in place
         for node in reversed(_topological_order(self)):
-            key = id(node)
-            g = grads.pop(key, None)
+            g = grads.pop(id(node), None)
             if g is None:
                 continue
             if node._vjp is None:  # a leaf: keep its gradient, in its own dtype and memory
-                if node.grad is not None:
-                    node.grad += g
-                elif key in owned and g.dtype == node.dtype:
-                    node.grad = g
-                else:
+                if node.grad is None:
                     node.grad = np.array(g, dtype=node.dtype)
+                else:
+                    node.grad += g
                 continue
             for parent, parent_grad in zip(node._parents, node._vjp(g)):
                 if parent_grad is None or not parent.requires_grad:
                     continue
                 key = id(parent)
-                if key not in grads:
-                    grads[key] = parent_grad
-                elif key in owned:
-                    grads[key] += parent_grad
-                else:
-                    grads[key] = grads[key] + parent_grad
-                    owned.add(key)
+                grads[key] = parent_grad if key not in grads else grads[key] + parent_grad
 
     def detach(self) -> Tensor:
         """The same data, cut from the graph."""

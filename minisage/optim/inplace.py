@@ -41,7 +41,8 @@ def check(rule: Rule, p: np.ndarray, grad: Any, state: dict, lr: float | None,
     """The checks of ``rule.step`` (same errors), without writing anything but scratch. Returns
     the gradient in ``p``'s dtype, this step's lr and, for a clipping rule, ``sum(g * g)``."""
     label = f"parameter {name!r}" if name else "the parameter"
-    rule._check_param(p, label)
+    if p.dtype.kind != "f":
+        rule._check_param(p, label)
     g = np.asarray(grad)
     if g.shape != p.shape:
         raise ValueError(f"{rule.name}: grad shape {g.shape} does not match param shape "
@@ -65,10 +66,14 @@ def check(rule: Rule, p: np.ndarray, grad: Any, state: dict, lr: float | None,
         raise FloatingPointError(
             f"{rule.name}: non-finite gradient for {label} ({bad} of {g.size} entries are "
             "NaN or infinite); the parameter and its state were left unchanged")
-    st = rule._check_state(state, p, label)
+    keys = rule.array_keys
+    step = state.get("step") if isinstance(state, dict) else None
+    if not (type(step) is int and step >= 0 and len(state) == len(keys) + 1 and all(
+            type(a := state.get(k)) is np.ndarray and a.shape == p.shape and a.dtype == p.dtype
+            for k in keys)):  # the quick test failed: the spec's own check, error or normal form
+        step = state["step"] = rule._check_state(state, p, label)["step"]
     if lr is not None:
         lr = _checks.nonneg(rule.name, "lr", lr)
-    step = st["step"]
     sq = total if clips else None
     if isinstance(rule, BertAdamWRule):
         return g, rule._scheduled_lr(lr, step + 1), sq
