@@ -75,3 +75,11 @@ def test_bad_arguments():
     if source != "threadpoolctl":                         # fixed at import: a clear error
         with pytest.raises(ValueError, match=f"OPENBLAS_NUM_THREADS={threads + 1}"):
             bench.numpy_threads(threads + 1)
+
+
+def test_cli_threads_are_set_for_both(tmp_path):
+    """--threads N: NumPy's BLAS (threadpoolctl, or a fresh process with OPENBLAS_NUM_THREADS=N)
+    and torch use N."""
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--no-torch", "--threads", "2", "--json", str(path)]) == 0
+    assert json.loads(path.read_text())["environment"]["threads"] == 2
