@@ -51,7 +51,9 @@ def compare(task_name: str = "finetune", optimizers=DEFAULT_OPTIMIZERS, seeds: i
     """Run every (optimizer, seed), write metrics and figures into ``out``; returns the summary."""
     base = TrainConfig(task=task_name)
     if steps is not None:
-        base = replace(base, steps=steps, eval_every=max(1, min(base.eval_every, steps)))
+        base = replace(base, steps=steps)
+    # five evaluations per run: the curves need no more, and evaluation costs as much as training
+    base = replace(base, eval_every=max(1, base.steps // 5))
     out = out or os.path.join("runs", f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
     os.makedirs(out, exist_ok=True)
     task = make_task(task_name)
@@ -125,8 +127,8 @@ def _p(value: float) -> str:
 
 
 def write_outputs(out: str, task, runs: dict, summary: dict) -> list[str]:
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=float)
+    with open(os.path.join(out, "summary.json"), "w") as f:  # strict JSON: nan -> null
+        json.dump(_nan_to_none(summary), f, indent=2, allow_nan=False)
     _write_rows(os.path.join(out, "metrics.csv"), [
         {"optimizer": name, "seed": seed, **row}
         for name, results in runs.items() for seed, r in enumerate(results)
@@ -169,6 +171,16 @@ def write_outputs(out: str, task, runs: dict, summary: dict) -> list[str]:
                 title="The SAGE multiplier r = U / Ibar, paper form: in [0, b3/(1-b3)] (seed 0)"),
         ]
     return figures
+
+
+def _nan_to_none(value):
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
 
 
 def _write_rows(path: str, rows: list[dict]) -> None:
