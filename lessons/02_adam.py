@@ -15,43 +15,14 @@
 # SGD, Adam and AdamW-SAGE on a two-dimensional loss surface.
 
 # %%
-import os
-import sys
-from pathlib import Path
 
-try:
-    import minisage  # noqa: F401  (before NumPy: one BLAS thread, fastest for tiny matrices)
-except ModuleNotFoundError:  # a checkout without `pip install .`: use the package beside lessons/
-    _here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-    sys.path.insert(0, str(_here.parent))
-    import minisage  # noqa: F401
+from _lesson import FAST, save  # first: sets up minisage before NumPy
 
-import matplotlib
-
-matplotlib.use("Agg")
+# isort: split
 import matplotlib.pyplot as plt
 import numpy as np
 
 from minisage import Tensor, spec
-
-FAST = os.environ.get("MINISAGE_FAST") == "1"  # the test suite's quick mode: same code, less work
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-FIGURES = Path(os.environ.get("MINISAGE_FIGURES_DIR") or HERE / "figures")
-FIGURES.mkdir(parents=True, exist_ok=True)
-
-
-def save(fig, name):
-    """Write a figure as PNG into FIGURES (and show it when running in a notebook)."""
-    path = FIGURES / name
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    print(f"figure written: {path}")
-    if "ipykernel" in sys.modules:
-        from IPython.display import Image, display
-
-        display(Image(str(path)))
-
 
 # %% [markdown]
 # ## 1. One parameter through Adam

@@ -18,21 +18,11 @@
 # The pieces are `spec.sensitivity`, `spec.sensitivity_ema` and `spec.uncertainty`.
 
 # %%
-import os
-import sys
+from _lesson import FAST, save  # first: sets up minisage before NumPy
+
+# isort: split
 import time
-from pathlib import Path
 
-try:
-    import minisage  # noqa: F401  (before NumPy: one BLAS thread, fastest for tiny matrices)
-except ModuleNotFoundError:  # a checkout without `pip install .`: use the package beside lessons/
-    _here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-    sys.path.insert(0, str(_here.parent))
-    import minisage  # noqa: F401
-
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from scipy import stats
@@ -51,24 +41,7 @@ from minisage.train import (
     sage_matrices,
 )
 
-FAST = os.environ.get("MINISAGE_FAST") == "1"  # the test suite's quick mode: same code, less work
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-FIGURES = Path(os.environ.get("MINISAGE_FIGURES_DIR") or HERE / "figures")
-FIGURES.mkdir(parents=True, exist_ok=True)
 started = time.perf_counter()
-
-
-def save(fig, name):
-    """Write a figure as PNG into FIGURES (and show it when running in a notebook)."""
-    path = FIGURES / name
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    print(f"figure written: {path}")
-    if "ipykernel" in sys.modules:
-        from IPython.display import Image, display
-
-        display(Image(str(path)))
 
 
 # %% [markdown]

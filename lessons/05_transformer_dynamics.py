@@ -22,18 +22,11 @@
 # equal so that the comparison changes one thing only, and say so in the result.
 
 # %%
-import os
-import sys
+from _lesson import FAST, FIGURES, show  # first: sets up minisage before NumPy
+
+# isort: split
 import time
 from dataclasses import replace
-from pathlib import Path
-
-try:
-    import minisage  # noqa: F401  (before NumPy: one BLAS thread, fastest for tiny matrices)
-except ModuleNotFoundError:  # a checkout without `pip install .`: use the package beside lessons/
-    _here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-    sys.path.insert(0, str(_here.parent))
-    import minisage  # noqa: F401
 
 import numpy as np
 
@@ -42,20 +35,7 @@ from minisage.compare import mean_ci, welch_p
 from minisage.tasks import make_task
 from minisage.train import TrainConfig, train
 
-FAST = os.environ.get("MINISAGE_FAST") == "1"  # the test suite's quick mode: same code, less work
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-FIGURES = Path(os.environ.get("MINISAGE_FIGURES_DIR") or HERE / "figures")
-FIGURES.mkdir(parents=True, exist_ok=True)
 started = time.perf_counter()
-
-
-def show(path):
-    """Report a figure written by minisage.plots (and show it when running in a notebook)."""
-    print(f"figure written: {path}")
-    if "ipykernel" in sys.modules:
-        from IPython.display import Image, display
-
-        display(Image(str(path)))
 
 
 # %%

@@ -29,23 +29,12 @@
 # a difference that the intervals do not separate is reported as no difference.
 
 # %%
-import os
-import sys
+from _lesson import FAST, save  # first: sets up minisage before NumPy
+
+# isort: split
 import time
-import warnings
 from dataclasses import replace
-from pathlib import Path
 
-try:
-    import minisage  # noqa: F401  (before NumPy: one BLAS thread, fastest for tiny matrices)
-except ModuleNotFoundError:  # a checkout without `pip install .`: use the package beside lessons/
-    _here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-    sys.path.insert(0, str(_here.parent))
-    import minisage  # noqa: F401
-
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -53,26 +42,7 @@ from minisage.compare import PRUNE_FRACTIONS, mean_ci, welch_p
 from minisage.tasks import make_task
 from minisage.train import TrainConfig, pretrained_state, pruning_curve, train
 
-FAST = os.environ.get("MINISAGE_FAST") == "1"  # the test suite's quick mode: same code, less work
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-FIGURES = Path(os.environ.get("MINISAGE_FIGURES_DIR") or HERE / "figures")
-FIGURES.mkdir(parents=True, exist_ok=True)
 started = time.perf_counter()
-# Welch's test on near-identical values (fast mode's two seeds) warns; the p-value is still shown
-warnings.filterwarnings("ignore", message="Precision loss occurred")
-
-
-def save(fig, name):
-    """Write a figure as PNG into FIGURES (and show it when running in a notebook)."""
-    path = FIGURES / name
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    print(f"figure written: {path}")
-    if "ipykernel" in sys.modules:
-        from IPython.display import Image, display
-
-        display(Image(str(path)))
 
 
 # %%

@@ -14,47 +14,20 @@
 # catches it.
 
 # %%
+from _lesson import save  # first: sets up minisage before NumPy
+
+# isort: split
 import importlib.util
 import math
-import os
-import sys
 import time
 from functools import partial
-from pathlib import Path
 
-try:
-    import minisage  # noqa: F401  (before NumPy: one BLAS thread, fastest for tiny matrices)
-except ModuleNotFoundError:  # a checkout without `pip install .`: use the package beside lessons/
-    _here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-    sys.path.insert(0, str(_here.parent))
-    import minisage  # noqa: F401
-
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
 from minisage import spec, testing
 
-FAST = os.environ.get("MINISAGE_FAST") == "1"  # the same work either way: this lesson is quick
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-FIGURES = Path(os.environ.get("MINISAGE_FIGURES_DIR") or HERE / "figures")
-FIGURES.mkdir(parents=True, exist_ok=True)
 started = time.perf_counter()
-
-
-def save(fig, name):
-    """Write a figure as PNG into FIGURES (and show it when running in a notebook)."""
-    path = FIGURES / name
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    print(f"figure written: {path}")
-    if "ipykernel" in sys.modules:
-        from IPython.display import Image, display
-
-        display(Image(str(path)))
 
 
 # %% [markdown]
