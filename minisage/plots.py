@@ -71,8 +71,9 @@ def sensitivity_heatmap(rows_by_optimizer: dict[str, list[dict]], path,
     fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), height), squeeze=False)
     for i, (ax, name) in enumerate(zip(axes[0], names)):
         layers, steps, grid = grids[name]
+        first, last = (steps[0], steps[-1]) if len(steps) > 1 else (steps[0] - 0.5, steps[0] + 0.5)
         image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax,
-                          extent=(steps[0], steps[-1], len(layers) - 0.5, -0.5))
+                          extent=(first, last, len(layers) - 0.5, -0.5))
         ax.set_yticks(range(len(layers)), [_short(layer) for layer in layers] if i == 0 else [],
                       fontsize=7)
         ax.set(xlabel="training step", title=name)
