@@ -27,7 +27,7 @@ from minisage.nn import Transformer, TransformerConfig
 from minisage.tasks import IGNORE, TASKS, Split, Task, make_task
 
 TRAIN_PROBE = 1024  # rows of the train split evaluated for the training accuracy
-SAGE_PATTERNS = ("attention.self", "attention.output.dense", "output.dense", "intermediate.dense")
+SAGE_PATTERNS = optim.OFFICIAL_SAGE_PATTERNS  # SAGE on attention and feed-forward weights
 
 
 # ----- configuration -------------------------------------------------------------------------
