@@ -43,15 +43,7 @@ def check(rule: Rule, p: np.ndarray, grad: Any, state: dict, lr: float | None,
     label = f"parameter {name!r}" if name else "the parameter"
     if p.dtype.kind != "f":
         rule._check_param(p, label)
-    g = np.asarray(grad)
-    if g.shape != p.shape:
-        raise ValueError(f"{rule.name}: grad shape {g.shape} does not match param shape "
-                         f"{p.shape} ({label})")
-    if g.dtype != p.dtype:
-        if not (np.issubdtype(g.dtype, np.floating) or np.issubdtype(g.dtype, np.integer)):
-            raise TypeError(f"{rule.name}: grad must be a real array, got dtype {g.dtype} "
-                            f"({label})")
-        g = g.astype(p.dtype)
+    g = rule._check_grad(grad, p, label)
     # A finite sum means finite entries (inf and nan propagate; an overflow decides nothing). The
     # official rules clip by ||g|| first: their sum of squares serves, and is passed on.
     clips = isinstance(rule, (BertAdamWRule, BertAdamaxRule)) and rule.hparams["max_grad_norm"] > 0

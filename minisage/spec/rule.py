@@ -89,6 +89,19 @@ class Rule:
             state[key] = np.zeros_like(p)
         return state
 
+    def _check_grad(self, grad, p: np.ndarray, label: str) -> np.ndarray:
+        """``grad`` as an array of ``p``'s shape and dtype, or ValueError/TypeError naming it."""
+        g = np.asarray(grad)
+        if g.shape != p.shape:
+            raise ValueError(f"{self.name}: grad shape {g.shape} does not match param shape "
+                             f"{p.shape} ({label})")
+        if g.dtype != p.dtype:
+            if not (np.issubdtype(g.dtype, np.floating) or np.issubdtype(g.dtype, np.integer)):
+                raise TypeError(f"{self.name}: grad must be a real array, got dtype {g.dtype} "
+                                f"({label})")
+            g = g.astype(p.dtype)
+        return g
+
     def step(self, param: np.ndarray, grad: np.ndarray, state: Mapping[str, Any],
              lr: float | None = None, *, name: str | None = None,
              trace: bool = True) -> tuple[np.ndarray, dict[str, Any], dict[str, np.ndarray]]:
@@ -103,15 +116,7 @@ class Rule:
         """
         label = f"parameter {name!r}" if name else "the parameter"
         p = self._check_param(param, label)
-        g = np.asarray(grad)
-        if g.shape != p.shape:
-            raise ValueError(f"{self.name}: grad shape {g.shape} does not match param shape "
-                             f"{p.shape} ({label})")
-        if g.dtype != p.dtype:
-            if not (np.issubdtype(g.dtype, np.floating) or np.issubdtype(g.dtype, np.integer)):
-                raise TypeError(f"{self.name}: grad must be a real array, got dtype {g.dtype} "
-                                f"({label})")
-            g = g.astype(p.dtype)
+        g = self._check_grad(grad, p, label)
         if not np.isfinite(g).all():
             bad = int(g.size - np.count_nonzero(np.isfinite(g)))
             raise FloatingPointError(
