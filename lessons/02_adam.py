@@ -211,7 +211,7 @@ def run(rule, noise):
         p, state, trace = rule.step(p, g, state)
         path.append(p)
         losses.append(surface_loss(p))
-        multipliers.append(trace.get("lr_scale", np.full(2, np.nan)))
+        multipliers.append(trace.get("lr_multiplier", np.full(2, np.nan)))
     return np.array(path), np.array(losses), np.array(multipliers)
 
 

@@ -26,9 +26,9 @@ import numpy as np
 
 from minisage import optim, spec
 from minisage.nn import Transformer
+from minisage.spec.split import SAGE_PATTERNS
 from minisage.tasks import make_task
 from minisage.train import (
-    SAGE_PATTERNS,
     TrainConfig,
     batch_for_step,
     evaluate,
@@ -102,7 +102,7 @@ for g_raw in gradients:
     same = (np.array_equal(new_theta, after_decay) and np.array_equal(state["exp_avg"], m)
             and np.array_equal(state["exp_avg_sq"], v)
             and np.array_equal(state["sensitivity_ema"], Ibar)
-            and np.array_equal(trace["lr_scale"], r))
+            and np.array_equal(trace["lr_multiplier"], r))
     print(f"rule.step gives bit-for-bit the same parameter, state and multiplier: {same}")
     assert same
     if t == 1:
@@ -158,7 +158,7 @@ for name, r_ in rules.items():
         w, st, tr = r_.step(w, grad, st)
         steps.append(np.mean(np.abs(tr["update"])) / r_.hparams["lr"])
         zero_entry.append(w[0])
-        multipliers.append(tr.get("lr_scale"))
+        multipliers.append(tr.get("lr_multiplier"))
     lsq[name] = dict(steps=np.array(steps), zero=np.array(zero_entry), r=multipliers)
     first_r = "" if multipliers[0] is None else (
         f", step-1 multiplier r in [{multipliers[0][1:].min():.3g}, "
@@ -200,8 +200,8 @@ save(fig, "04_first_step_and_zero_entry.png")
 # embeddings, LayerNorms and heads. One reason follows from the fact above: LayerNorm biases are
 # initialised to exactly zero, so under SAGE they could never move. We train the same tiny
 # Transformer on the `sort` task twice from the same initialization with `adamw-sage` at the
-# same settings: once with the official split (`minisage.train.SAGE_PATTERNS`) and once with SAGE
-# on every parameter, recording the optimizer's per-entry trace (`record=True`).
+# same settings: once with the official split (`minisage.spec.split.SAGE_PATTERNS`) and once
+# with SAGE on every parameter, recording the optimizer's per-entry trace (`record=True`).
 
 # %%
 N_TF = 30 if FAST else 150
@@ -231,7 +231,8 @@ def train_recording(preset, sage_patterns):
         opt.step(lr=lr_at(step))
         if step in SNAPSHOTS:
             multipliers[step] = np.concatenate(
-                [tr["lr_scale"].ravel() for tr in opt.last_trace.values() if "lr_scale" in tr])
+                [tr["lr_multiplier"].ravel() for tr in opt.last_trace.values()
+                 if "lr_multiplier" in tr])
     moved = {n: np.mean(p.data != initial[n]) for n, p in model.named_parameters()}
     return model, moved, multipliers
 

@@ -151,7 +151,7 @@ for label, r in first.items():
 
 # %%
 path = plots.distributions(
-    {label: {s: h["lr_scale"] for s, h in r.recorder.histograms.items()}
+    {label: {s: h["lr_multiplier"] for s, h in r.recorder.histograms.items()}
      for label, r in first.items()},
     FIGURES / "05_multiplier_distribution.png", xlabel="multiplier r = U / (Ibar + eps)",
     log=False, value_range=(0, 3),
@@ -159,9 +159,9 @@ path = plots.distributions(
 show(path)
 for label, r in first.items():
     for step, h in sorted(r.recorder.histograms.items()):
-        lr_scale = h["lr_scale"]
-        print(f"{label:<24} step {step:>3}: r median {np.median(lr_scale):.3f}, "
-              f"fraction above 1: {np.mean(lr_scale > 1):.1%}")
+        lr_multiplier = h["lr_multiplier"]
+        print(f"{label:<24} step {step:>3}: r median {np.median(lr_multiplier):.3f}, "
+              f"fraction above 1: {np.mean(lr_multiplier > 1):.1%}")
 print(f"lesson 5 ran in {time.perf_counter() - started:.1f} s")
 
 # %% [markdown]

@@ -15,12 +15,10 @@ from dataclasses import asdict
 
 import numpy as np
 
+from minisage.errors import CheckpointError
+
 FORMAT = "minisage-checkpoint"
 VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used; the message names the file and the fault."""
 
 
 def _flatten(obj, prefix: str, arrays: dict):

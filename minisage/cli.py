@@ -25,10 +25,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class UserError(Exception):
-    """An error caused by the user's input; the CLI prints its message on one line."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     from minisage import __version__
 
@@ -60,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args._run(args) or 0)
-    except (UserError, ValueError, FileNotFoundError, FloatingPointError) as err:
+    except (ValueError, FileNotFoundError, FloatingPointError) as err:
         if os.environ.get("MINISAGE_DEBUG"):
             raise
         print(f"minisage {args.command}: error: {err}", file=sys.stderr)

@@ -164,7 +164,7 @@ def write_outputs(out: str, task, runs: dict, summary: dict) -> list[str]:
                 os.path.join(out, "sensitivity_distribution.png"), xlabel="Ibar",
                 title="Distribution of Ibar over attention/FFN entries (seed 0)"),
             plots.distributions(
-                {n: {s: h["lr_scale"] for s, h in rec.histograms.items()}
+                {n: {s: h["lr_multiplier"] for s, h in rec.histograms.items()}
                  for n, rec in recorded.items()},
                 os.path.join(out, "multiplier_distribution.png"), xlabel="r = U / (Ibar + eps)",
                 log=False, value_range=(0, 3),

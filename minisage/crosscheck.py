@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minisage import testing
+from minisage.errors import UsageError
 
 BACKENDS = ("torch", "jax")
 DTYPES = ("float64", "float32")
@@ -129,10 +130,8 @@ def backend_functions(backend: str, device: str = "cpu") -> list[tuple[str, str,
 
     Raises ValueError (one line) if the backend is not installed or the device is unavailable.
     """
-    from minisage.cli import UserError
-
     if backend not in BACKENDS:
-        raise UserError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+        raise UsageError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     extra = {"torch": "torch", "jax": "jax"}[backend]
     try:
         if backend == "torch":
@@ -140,7 +139,7 @@ def backend_functions(backend: str, device: str = "cpu") -> list[tuple[str, str,
         else:
             from minisage.backends import jax as module
     except ImportError as err:
-        raise UserError(f"the {backend} backend needs the {backend} extra "
+        raise UsageError(f"the {backend} backend needs the {backend} extra "
                         f"(pip install 'minisage[{extra}]'): {err}") from None
     return module.golden_step_functions(device)
 

@@ -24,10 +24,10 @@ import minisage.functional as F
 from minisage import optim, spec
 from minisage.autograd import no_grad
 from minisage.nn import Transformer, TransformerConfig
+from minisage.spec.split import SAGE_PATTERNS
 from minisage.tasks import IGNORE, TASKS, Split, Task, make_task
 
 TRAIN_PROBE = 1024  # rows of the train split evaluated for the training accuracy
-SAGE_PATTERNS = optim.OFFICIAL_SAGE_PATTERNS  # SAGE on attention and feed-forward weights
 
 
 # ----- configuration -------------------------------------------------------------------------
@@ -104,10 +104,6 @@ def lr_schedule(config: TrainConfig):
 
 
 # ----- optimizers --------------------------------------------------------------------------------
-def is_sage(preset: str) -> bool:
-    return "sage" in preset
-
-
 def build_optimizer(model: Transformer, config: TrainConfig, lr: float | None = None):
     """The optimizer ``config.optimizer`` over the model's parameters.
 
@@ -118,10 +114,9 @@ def build_optimizer(model: Transformer, config: TrainConfig, lr: float | None = 
     """
     lr = config.lr if lr is None else lr
     named = list(model.named_parameters())
-    groups = optim.sage_param_groups(
-        named, sage_patterns=SAGE_PATTERNS if is_sage(config.optimizer) else (),
-        no_decay_patterns=("bias", "norm"), weight_decay=config.weight_decay,
-    )
+    sage = spec.rule_class(config.optimizer).sage
+    groups = optim.sage_param_groups(named, sage_patterns=SAGE_PATTERNS if sage else (),
+                                     weight_decay=config.weight_decay)
     return optim.make(config.optimizer, groups, lr=lr)
 
 
@@ -152,7 +147,7 @@ class SensitivityRecorder:
     def observe(self, step: int, named_params) -> None:
         record = self.every and step % self.every == 0
         snapshot = step in self.checkpoints
-        pooled = {"sensitivity_ema": [], "lr_scale": []}
+        pooled = {"sensitivity_ema": [], "lr_multiplier": []}
         for name, p in named_params:
             if p.grad is None or not is_sage_matrix(name, p):
                 continue
@@ -163,17 +158,18 @@ class SensitivityRecorder:
             if not (record or snapshot):
                 continue
             uncertainty = spec.uncertainty(sensitivity, ema)
-            lr_scale = spec.lr_multiplier(uncertainty, ema, self.eps)
+            multiplier = spec.lr_multiplier(uncertainty, ema, self.eps)
             if record:
                 for quantity, values in (("sensitivity", sensitivity), ("sensitivity_ema", ema),
-                                         ("uncertainty", uncertainty), ("lr_scale", lr_scale)):
+                                         ("uncertainty", uncertainty),
+                                         ("lr_multiplier", multiplier)):
                     qs = np.quantile(values, QUANTILES)
                     self.rows.append({"step": step, "layer": name, "quantity": quantity,
                                       **{f"q{int(q * 100):02d}": float(v)
                                          for q, v in zip(QUANTILES, qs)}})
             if snapshot:
                 pooled["sensitivity_ema"].append(ema.ravel())
-                pooled["lr_scale"].append(lr_scale.ravel())
+                pooled["lr_multiplier"].append(multiplier.ravel())
         if snapshot and pooled["sensitivity_ema"]:
             rng = np.random.default_rng(step)
             sample = {}

@@ -54,7 +54,7 @@ SCRIPT = textwrap.dedent(r"""
     state = rule.init(p)
     for g in ([0.1, 0.2, 0.3], [0.3, -0.1, 0.2]):
         p, state, trace = rule.step(p, np.array(g), state)
-    assert state["step"] == 2 and set(trace) >= {"sensitivity", "lr_scale", "update"}
+    assert state["step"] == 2 and set(trace) >= {"sensitivity", "lr_multiplier", "update"}
 
     # a Transformer forward/backward and an optim step
     from minisage.nn import Transformer, TransformerConfig

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from minisage import optim, spec
+from minisage.spec import split
 
 CLASSES = {"sgd": optim.SGD, "adam": optim.Adam, "adamw": optim.AdamW, "adamax": optim.Adamax,
            "bert-adamw": optim.BertAdamW, "adamw-sage": optim.AdamWSAGE,
@@ -40,7 +41,7 @@ def set_grads(named, rng, dtype=np.float64, skip=()):
 def test_optimizers_agree_with_their_spec_rule_bit_for_bit(preset, dtype):
     named = make_params(1, dtype)
     groups = optim.sage_param_groups(named, lr=0.01,
-                                     sage_patterns=optim.OFFICIAL_SAGE_PATTERNS
+                                     sage_patterns=split.SAGE_PATTERNS
                                      if preset in PLAIN_OF else ())
     opt = optim.make(preset, groups, lr=0.01)
     assert type(opt) is CLASSES[preset]
@@ -101,7 +102,7 @@ def test_sage_groups_follow_the_official_split():
     # official order: plain+decay, SAGE+decay, plain+no decay, SAGE+no decay
     assert [(g["sage"], g["weight_decay"] > 0) for g in groups] == \
         [(False, True), (True, True), (False, False), (True, False)]
-    official = optim.sage_param_groups(named, no_decay_patterns=optim.OFFICIAL_NO_DECAY_PATTERNS)
+    official = optim.sage_param_groups(named, no_decay_patterns=split.NO_DECAY_PATTERNS)
     decayed = {n for g in official if g["weight_decay"] for n, _ in g["params"]}
     assert "blocks.0.attention_norm.weight" in decayed   # "LayerNorm" does not match "_norm"
     opt = optim.AdamWSAGE(groups, lr=1e-3)
@@ -128,8 +129,8 @@ def test_the_transformer_parameters():
     assert all(p.grad is None and p.data is ref[n] for n, p in named)
     moved = {n for n, p in named if not np.array_equal(p.data, before[n])}
     assert moved == set(before)
-    assert "lr_scale" in opt.last_trace["blocks.0.intermediate.dense.weight"]
-    assert "lr_scale" not in opt.last_trace["embeddings.word.weight"]
+    assert "lr_multiplier" in opt.last_trace["blocks.0.intermediate.dense.weight"]
+    assert "lr_multiplier" not in opt.last_trace["embeddings.word.weight"]
 
 
 def test_grad_none_is_skipped_and_zero_grad():
@@ -243,8 +244,8 @@ def test_recording_traces():
     opt.step()
     assert set(opt.last_trace) == {n for n, _ in named[:3]}
     tr = opt.last_trace["blocks.0.attention.self.query.weight"]
-    assert set(tr) == {"sensitivity", "sensitivity_ema", "uncertainty", "lr_scale", "update",
-                       "lr"}
+    assert set(tr) == {"sensitivity", "sensitivity_ema", "sensitivity_ema_hat", "uncertainty",
+                       "lr_multiplier", "update", "lr"}
     assert set(opt.last_trace["blocks.0.attention_norm.weight"]) == {"update", "lr"}
     p = named[0][1]
     set_grads(named, rng)
@@ -256,7 +257,7 @@ def test_recording_traces():
     assert opt.last_trace is None
 
 
-def test_lr_changes_lr_and_lr_scale():
+def test_lr_and_lr_factor():
     named = make_params()
     rng = np.random.default_rng(0)
     a = optim.BertAdamW(named[:1], lr=0.1, weight_decay=0.1)
@@ -266,15 +267,15 @@ def test_lr_changes_lr_and_lr_scale():
     a.step(lr=0.05)                          # scheduled lr; the decay keeps the base lr 0.1
     p, st, _ = rule.step(p, named[0][1].grad, st, lr=0.05)
     assert np.array_equal(named[0][1].data, p)
-    a.step(lr_scale=0.5)
+    a.step(lr_factor=0.5)
     p, st, _ = rule.step(p, named[0][1].grad, st, lr=0.05)
     assert np.array_equal(named[0][1].data, p)
     a.param_groups[0]["lr"] = 0.2            # torch-style: changing the group's lr remakes the rule
     a.step()
     p, st, _ = spec.make("bert-adamw", lr=0.2, weight_decay=0.1).step(p, named[0][1].grad, st)
     assert np.array_equal(named[0][1].data, p)
-    with pytest.raises(ValueError, match="give lr or lr_scale, not both"):
-        a.step(lr=0.1, lr_scale=0.5)
+    with pytest.raises(ValueError, match="give lr or lr_factor, not both"):
+        a.step(lr=0.1, lr_factor=0.5)
 
 
 def test_bad_construction():

@@ -64,15 +64,15 @@ def test_kernel_is_the_spec_rule_bit_for_bit(preset, variant, dtype):
         scale = 10.0 if t % 2 else 0.01      # clipping active on odd steps, not on even ones
         for i, p in enumerate(params):
             p.grad = None if (t == 2 and i == 1) else _grad(rng, p.data.shape, dtype, scale, kind)
-        lr = {4: {"lr": 0.003}, 5: {"lr_scale": 0.5}}.get(t, {})
+        lr = {4: {"lr": 0.003}, 5: {"lr_factor": 0.5}}.get(t, {})
         if lr and hp.get("t_total", -1) != -1:
             lr = {}                          # those rules schedule their own lr
         opt.step(**lr)
         for i, p in enumerate(params):
             ref_p, ref_s = ref[i]
             if p.grad is not None:
-                step_lr = lr.get("lr", opt.param_groups[0]["lr"] * lr["lr_scale"]
-                                 if "lr_scale" in lr else None)
+                step_lr = lr.get("lr", opt.param_groups[0]["lr"] * lr["lr_factor"]
+                                 if "lr_factor" in lr else None)
                 ref_p, ref_s, _ = rule.step(ref_p, p.grad, ref_s, lr=step_lr)
                 ref[i] = (ref_p, ref_s)
             assert p.data.dtype == dtype and np.array_equal(p.data, ref_p), (t, i)

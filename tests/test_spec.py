@@ -165,8 +165,8 @@ def test_adamw_sage_hand_values(beta3):
     # step 2: Ihat = (b3 I1 + I2) / (1 + b3), so U = b3 |I2 - I1| / (1 + b3)
     ihat = (beta3 * I1 + I2) / (1 + beta3)
     r2 = beta3 * np.abs(I2 - I1) / (1 + beta3) / (ihat + eps**2)
-    close(t2["sensitivity_ema"], ihat)
-    close(t2["lr_scale"], r2, rel=1e-10)
+    close(t2["sensitivity_ema_hat"], ihat)
+    close(t2["lr_multiplier"], r2, rel=1e-10)
     m2 = (1 - b1) * (b1 * G1 + G2)
     v2 = (1 - b2) * (b2 * G1**2 + G2**2)
     q2 = p1 - lr * r2 * math.sqrt(1 - b2**2) / (1 - b1**2) * m2 / (np.sqrt(v2) + eps)
@@ -179,7 +179,7 @@ def test_adamax_sage_hand_values():
     (p1, _, t1), (p2, _, t2) = run("adamax-sage", [G1, G2], lr=lr, max_grad_norm=-1)
     I1 = np.abs(P0 * G1)
     r1 = b3 * I1 / ((1 - b3) * I1 + eps**2)  # ~ b3 / (1 - b3) = 3 where I > 0, 0 where I = 0
-    close(t1["lr_scale"], r1)
+    close(t1["lr_multiplier"], r1)
     u1 = np.abs(G1) + eps
     close(p1, P0 - lr * r1 * ((1 - b1) * G1 / (u1 + eps) + wd * P0))
     I2 = np.abs(p1 * G2)
@@ -305,12 +305,12 @@ def test_multiplier_range_without_bias_correction(preset, hp, data, beta3):
     out = trajectory(preset, p, grads, beta3=beta3, **hp)
     bound = max(1.0, beta3 / (1 - beta3))
     for _, _, tr in out:
-        assert np.all(tr["lr_scale"] >= 0)
-        assert np.all(tr["lr_scale"] <= bound * (1 + 1e-12))
+        assert np.all(tr["lr_multiplier"] >= 0)
+        assert np.all(tr["lr_multiplier"] <= bound * (1 + 1e-12))
     # the first step: r = b3 / (1 - b3) wherever I > 0 (up to eps_s)
     first = out[0][2]
     big = first["sensitivity"] > 1e-6
-    np.testing.assert_allclose(first["lr_scale"][big], beta3 / (1 - beta3), rtol=1e-5)
+    np.testing.assert_allclose(first["lr_multiplier"][big], beta3 / (1 - beta3), rtol=1e-5)
 
 
 @pytest.mark.parametrize("preset,hp", sage_no_bias_correction())
@@ -320,7 +320,7 @@ def test_multiplier_tends_to_one_as_sensitivity_vanishes(preset, hp):
     grads = [rng.standard_normal(5) for _ in range(3)] + [np.zeros(5)]
     *_, (_, _, tr) = trajectory(preset, p, grads, **hp)
     assert not np.any(tr["sensitivity"])
-    np.testing.assert_allclose(tr["lr_scale"], 1.0, rtol=1e-9)
+    np.testing.assert_allclose(tr["lr_multiplier"], 1.0, rtol=1e-9)
 
 
 @pytest.mark.parametrize("preset", SAGE_PRESETS)
@@ -333,7 +333,7 @@ def test_zero_entries_never_move(preset, data):
     for new, state, tr in trajectory(preset, p, grads, **hp):
         assert np.all(new[mask] == 0)
         assert not np.any(state["sensitivity_ema"][mask])
-        assert not np.any(tr["uncertainty"][mask]) and not np.any(tr["lr_scale"][mask])
+        assert not np.any(tr["uncertainty"][mask]) and not np.any(tr["lr_multiplier"][mask])
 
 
 @pytest.mark.parametrize("preset", SAGE_PRESETS)
@@ -345,7 +345,7 @@ def test_multiplier_invariant_to_loss_scaling(preset, data, c):
     b = trajectory(preset, p, [c * g for g in grads], **hp)
     # at the first step p is the same, so I, Ibar and U scale by c and r = U / (Ibar + eps_s)
     # changes only through eps_s = 1e-12: by at most eps_s (1 + 1/c) / Ibar, relatively
-    ra, rb = a[0][2]["lr_scale"], b[0][2]["lr_scale"]
+    ra, rb = a[0][2]["lr_multiplier"], b[0][2]["lr_multiplier"]
     ibar = a[0][2]["sensitivity_ema"]
     bound = 1e-14 + 2e-12 * (1 + 1 / c) / ibar
     assert np.all(np.abs(rb - ra) <= bound * ra)
@@ -440,7 +440,8 @@ def test_step_is_pure_and_keeps_dtype(preset, data):
                 assert value.dtype == dtype, key
         expected = {"update", "lr"}
         if preset in SAGE_PRESETS:
-            expected |= {"sensitivity", "sensitivity_ema", "uncertainty", "lr_scale"}
+            expected |= {"sensitivity", "sensitivity_ema", "sensitivity_ema_hat", "uncertainty",
+                         "lr_multiplier"}
         assert set(trace) == expected
         assert np.all(np.isfinite(new_p))
         p, state = new_p, new_state

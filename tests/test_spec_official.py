@@ -260,4 +260,4 @@ def test_official_presets_reproduce_the_first_steps_exactly_at_dyadic_beta3():
     tp.grad = torch.tensor(g.copy())
     official_adamw_step(tp, tstate, official_group(rule), True)
     assert np.array_equal(p1, p0) and np.array_equal(tp.numpy(), p0)
-    assert not np.any(trace["lr_scale"])
+    assert not np.any(trace["lr_multiplier"])

@@ -84,8 +84,8 @@ def test_resume_from_checkpoint_is_bit_identical(tmp_path):
         np.testing.assert_array_equal(pa.data, pb.data)
     assert resumed.recorder.rows == full.recorder.rows
     for step, sample in full.recorder.histograms.items():
-        np.testing.assert_array_equal(sample["lr_scale"],
-                                      resumed.recorder.histograms[step]["lr_scale"])
+        np.testing.assert_array_equal(sample["lr_multiplier"],
+                                      resumed.recorder.histograms[step]["lr_multiplier"])
 
 
 def test_corrupt_or_mismatched_checkpoint_names_the_file(tmp_path):
@@ -125,7 +125,7 @@ def test_recorder_quantiles_are_ordered_and_match_definitions():
     assert {r["step"] for r in rows} == {5, 10}
     for r in rows:
         assert r["q05"] <= r["q25"] <= r["q50"] <= r["q75"] <= r["q95"]
-        if r["quantity"] == "lr_scale":
+        if r["quantity"] == "lr_multiplier":
             # without bias correction r lies in [0, max(1, b3/(1-b3))] = [0, 3] at b3 = 0.75
             assert 0 <= r["q05"] and r["q95"] <= 3 + 1e-9
 

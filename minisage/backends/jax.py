@@ -50,7 +50,7 @@ import numpy as np
 import optax
 
 from minisage import spec
-from minisage.backends import DEFAULT_NO_DECAY_PATTERNS, SAGE_PATTERNS, official_group
+from minisage.spec.split import DEFAULT_NO_DECAY_PATTERNS, SAGE_PATTERNS, official_group
 
 __all__ = [
     "adamw_sage", "adamax_sage", "adam_sage", "scale_by_sage", "sage_labels", "official_sage",
@@ -509,7 +509,7 @@ def sage_labels(params, *, sage_patterns: Sequence[str] = SAGE_PATTERNS,
     ``"plain/decay"`` or ``"plain/no_decay"``, from each leaf's dotted path name (dict keys and
     sequence indices joined by ``.``, e.g. ``blocks.0.attention.self.query.weight``) and the
     official name patterns and minisage's default no-decay list (see
-    :func:`minisage.backends.official_group`)."""
+    :func:`minisage.spec.split.official_group`)."""
     def label(path, _leaf):
         use_sage, decay = official_group(_path_name(path), sage_patterns, no_decay_patterns)
         return f"{'sage' if use_sage else 'plain'}/{'decay' if decay else 'no_decay'}"

@@ -47,14 +47,10 @@ import torch.nn.functional as TF  # noqa: N812
 from torch import nn
 
 from minisage import spec
-from minisage.backends import (
-    DEFAULT_NO_DECAY_PATTERNS,
-    NO_DECAY_PATTERNS,
-    SAGE_PATTERNS,
-    official_group,
-)
 from minisage.nn.transformer import Transformer, TransformerConfig
+from minisage.spec import split
 from minisage.spec.schedules import official_lr
+from minisage.spec.split import DEFAULT_NO_DECAY_PATTERNS, NO_DECAY_PATTERNS, SAGE_PATTERNS
 
 __all__ = [
     "AdamWSAGE", "AdamaxSAGE", "AdamSAGE", "sage_param_groups", "SAGE_PATTERNS",
@@ -100,30 +96,12 @@ def sage_param_groups(named_parameters: Iterable[tuple[str, Any]], *,
                       sage_patterns: Sequence[str] = SAGE_PATTERNS,
                       no_decay_patterns: Sequence[str] = DEFAULT_NO_DECAY_PATTERNS,
                       weight_decay: float = 0.01, **hparams: Any) -> list[dict[str, Any]]:
-    """The official SAGE parameter groups, from ``model.named_parameters()``.
-
-    A parameter gets SAGE (``"sage": True``) if its name contains one of ``sage_patterns``
-    (attention Q/K/V and output projection, feed-forward layers; substring match, as the official
-    code does), and ``weight_decay`` unless its name contains one of ``no_decay_patterns``.
-    Returns up to four groups in the official order (plain+decay, SAGE+decay, plain+no decay,
-    SAGE+no decay), empty ones left out, each with ``(name, parameter)`` pairs as ``params`` (torch
-    keeps the names in ``group["param_names"]``) and ``hparams`` copied in. Parameters with
-    ``requires_grad=False`` are left out. The same split as
-    :func:`minisage.optim.sage_param_groups`.
-
-    The no-decay default adds ``"norm"`` to the official list, because the minisage Transformer
-    (and its torch twin) names its LayerNorms ``..._norm``; pass ``NO_DECAY_PATTERNS`` for the
-    official list alone (a Hugging Face BERT names them ``LayerNorm``).
-    """
-    buckets: dict[tuple[bool, bool], list[tuple[str, Any]]] = {
-        (False, True): [], (True, True): [], (False, False): [], (True, False): []}
-    for name, p in named_parameters:
-        if not getattr(p, "requires_grad", True):
-            continue
-        buckets[official_group(name, sage_patterns, no_decay_patterns)].append((name, p))
-    return [{"params": params, "sage": sage, "weight_decay": weight_decay if decay else 0.0,
-             **hparams}
-            for (sage, decay), params in buckets.items() if params]
+    """The official SAGE split (:func:`minisage.spec.split.sage_param_groups`) of a torch model's
+    ``named_parameters()``, leaving out parameters with ``requires_grad=False``; torch keeps the
+    names in ``group["param_names"]``."""
+    return split.sage_param_groups(named_parameters, sage_patterns=sage_patterns,
+                                   no_decay_patterns=no_decay_patterns, weight_decay=weight_decay,
+                                   include=lambda p: getattr(p, "requires_grad", True), **hparams)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -49,13 +49,11 @@ from typing import Any
 
 import numpy as np
 
+from minisage.errors import GoldenFormatError
+
 SCHEMA = "minisage-golden"
 SCHEMA_VERSION = 1
 DTYPES = ("float64", "float32")
-
-
-class GoldenFormatError(ValueError):
-    """A golden file is malformed; the message names the file and what is wrong where."""
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ class           groups with sage=False       groups with sage=True        defaul
 
 Hyperparameter names and defaults are the spec preset's (``minisage.spec.defaults(name)``). The
 official split -- SAGE on attention and feed-forward weights, the plain rule elsewhere -- is one
-call::
+call (:func:`minisage.spec.split.sage_param_groups`, re-exported here)::
 
     groups = sage_param_groups(model.named_parameters(), lr=1e-4)
     opt = AdamWSAGE(groups, lr=1e-4, record=True)
     ...; loss.backward(); opt.step(); opt.zero_grad()
-    opt.last_trace["blocks.0.intermediate.dense.weight"]["lr_scale"]   # when record=True
+    opt.last_trace["blocks.0.intermediate.dense.weight"]["lr_multiplier"]   # when record=True
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import numpy as np
 
 from minisage import spec
 from minisage.optim.optimizer import Optimizer
+from minisage.spec.split import sage_param_groups
 
 
 class SGD(Optimizer):
@@ -112,16 +113,6 @@ class AdamSAGE(Optimizer):
     sage_default = True
 
 
-#: The official SAGE split: parameter names containing one of these get SAGE.
-OFFICIAL_SAGE_PATTERNS = ("attention.self", "attention.output.dense", "output.dense",
-                          "intermediate.dense")
-#: The official no-decay patterns (its list names ``LayerNorm.bias``/``LayerNorm.weight``).
-OFFICIAL_NO_DECAY_PATTERNS = ("bias", "gamma", "beta", "LayerNorm")
-#: minisage's default no-decay patterns: the official ones plus ``norm``, because minisage's
-#: Transformer names its LayerNorms ``..._norm`` (e.g. ``blocks.0.attention_norm.weight``).
-DEFAULT_NO_DECAY_PATTERNS = (*OFFICIAL_NO_DECAY_PATTERNS, "norm")
-
-
 _BY_PRESET: dict[str, type[Optimizer]] = {
     "sgd": SGD, "adam": Adam, "adamw": AdamW, "adamax": Adamax, "bert-adamw": BertAdamW,
     "adamw-sage": AdamWSAGE, "bert-adamax": BertAdamax, "adamax-sage": AdamaxSAGE,
@@ -148,37 +139,6 @@ def make(preset: str, params: Iterable[Any], *, record: bool = False,
     return optimizer_class(preset)(params, record=record, **hparams)
 
 
-def sage_param_groups(named_parameters: Iterable[tuple[str, Any]], *,
-                      sage_patterns: Iterable[str] = OFFICIAL_SAGE_PATTERNS,
-                      no_decay_patterns: Iterable[str] = DEFAULT_NO_DECAY_PATTERNS,
-                      weight_decay: float = 0.01, **hparams: Any) -> list[dict[str, Any]]:
-    """The official split of ``named_parameters`` into param groups (SAGE_SPEC.md section 1).
-
-    A name that contains any of ``sage_patterns`` (substring match, as the official code does)
-    goes to a SAGE group, the rest to a plain group; a name that contains any of
-    ``no_decay_patterns`` gets ``weight_decay=0``, the rest ``weight_decay``. Returns up to four
-    groups in the official order (plain+decay, SAGE+decay, plain+no decay, SAGE+no decay), empty
-    ones left out; ``hparams`` (e.g. ``lr``) are copied into every group.
-
-    The no-decay default adds ``"norm"`` to the official list because minisage's Transformer does
-    not name its LayerNorms ``LayerNorm``; a model with other names should pass its own patterns.
-    """
-    sage_patterns = tuple(sage_patterns)
-    no_decay_patterns = tuple(no_decay_patterns)
-    buckets: dict[tuple[bool, bool], list[tuple[str, Any]]] = {
-        (False, True): [], (True, True): [], (False, False): [], (True, False): []}
-    for name, p in named_parameters:
-        sage = any(pat in name for pat in sage_patterns)
-        decay = not any(pat in name for pat in no_decay_patterns)
-        buckets[(sage, decay)].append((name, p))
-    groups = []
-    for (sage, decay), params in buckets.items():
-        if params:
-            groups.append({"params": params, "sage": sage,
-                           "weight_decay": weight_decay if decay else 0.0, **hparams})
-    return groups
-
-
 def clip_grad_norm_(params: Iterable[Any], max_norm: float) -> float:
     """``torch.nn.utils.clip_grad_norm_``: scale all gradients in place so that their global
     2-norm is at most ``max_norm``; returns the norm before clipping. Parameters without a
@@ -195,5 +155,4 @@ def clip_grad_norm_(params: Iterable[Any], max_norm: float) -> float:
 
 __all__ = ["Optimizer", "make", "optimizer_class", "SGD", "Adam", "AdamW", "Adamax",
            "BertAdamW", "AdamWSAGE", "BertAdamax", "AdamaxSAGE", "AdamSAGE",
-           "sage_param_groups", "clip_grad_norm_",
-           "OFFICIAL_SAGE_PATTERNS", "OFFICIAL_NO_DECAY_PATTERNS", "DEFAULT_NO_DECAY_PATTERNS"]
+           "sage_param_groups", "clip_grad_norm_"]

@@ -153,16 +153,17 @@ class Optimizer:
     # -- the step -------------------------------------------------------------------------------
 
     def step(self, closure: Callable[[], Any] | None = None, *, lr: float | None = None,
-             lr_scale: float | None = None) -> Any:
+             lr_factor: float | None = None) -> Any:
         """Update every parameter that has a gradient; returns ``closure()`` if given.
 
         The lr of this step (the spec's scheduled ``lr`` argument), for every group:
 
         - neither given: ``group["lr"]`` (or the rule's internal schedule when ``t_total`` is set);
         - ``lr``: this value for every group;
-        - ``lr_scale``: ``group["lr"] * lr_scale`` (a schedule multiplier; groups keep their ratio).
+        - ``lr_factor``: ``group["lr"] * lr_factor`` (a schedule multiplier; groups keep their
+          ratio).
 
-        With ``lr``/``lr_scale`` each group's base lr stays ``group["lr"]``; it matters for the
+        With ``lr``/``lr_factor`` each group's base lr stays ``group["lr"]``; it matters for the
         official AdamW pair, whose decay uses the unscheduled base lr.
 
         All-or-nothing: every gradient and state is checked (and, on the spec path, every new
@@ -173,14 +174,14 @@ class Optimizer:
         (adam, adamw and the official four) write into the parameter and its state with reused
         buffers -- the spec's arithmetic bit for bit, without its new arrays.
         """
-        if lr is not None and lr_scale is not None:
-            raise ValueError(f"{type(self).__name__}.step: give lr or lr_scale, not both")
+        if lr is not None and lr_factor is not None:
+            raise ValueError(f"{type(self).__name__}.step: give lr or lr_factor, not both")
         loss = closure() if closure is not None else None
         pending, fast = [], []
         for gi, group in enumerate(self.param_groups):
             rule = self._rule(gi)
             kernel = None if self.record else inplace.kernel_for(rule)
-            lr_t = lr if lr_scale is None else group["lr"] * float(lr_scale)
+            lr_t = lr if lr_factor is None else group["lr"] * float(lr_factor)
             for p, name in zip(group["params"], group["names"]):
                 if p.grad is None:
                     continue

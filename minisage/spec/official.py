@@ -173,7 +173,8 @@ class BertAdamWRule(_OfficialRule):
             # p = p - (m / denom) * s
             new_p = p - m / denom * s
             new_state["sensitivity_ema"] = Ibar
-            trace.update(sensitivity=I, sensitivity_ema=Ihat, uncertainty=U, lr_scale=r)
+            trace.update(sensitivity=I, sensitivity_ema=Ibar, sensitivity_ema_hat=Ihat,
+                         uncertainty=U, lr_multiplier=r)
         else:
             if h["correct_bias"]:
                 # s = s * sqrt(1 - beta2^t) / (1 - beta1^t)
@@ -206,8 +207,9 @@ class AdamWSAGERule(BertAdamWRule):
         p     = p - (m / denom) * s
         p     = p - lr * weight_decay * p            if weight_decay > 0 (unscheduled lr, no r)
 
-    Symbols -> arguments as in ``bert-adamw``, plus ``beta3`` (default 0.75). The trace's
-    ``sensitivity_ema`` is ``Ihat`` (the value in the ratio); the state keeps ``Ibar``.
+    Symbols -> arguments as in ``bert-adamw``, plus ``beta3`` (default 0.75). The trace holds
+    ``Ibar`` as ``sensitivity_ema`` (as the state does) and ``Ihat``, the value in the ratio, as
+    ``sensitivity_ema_hat``.
 
     Reproduces ``UnstructAwareAdamW`` of cliang1453/SAGE ``module/bert_optim.py``.
 
@@ -300,7 +302,8 @@ class BertAdamaxRule(_OfficialRule):
             r = lr_multiplier(U, Ibar, eps**2)
             # s = lr_t * r
             s = s * r
-            trace.update(sensitivity=I, sensitivity_ema=Ibar, uncertainty=U, lr_scale=r)
+            trace.update(sensitivity=I, sensitivity_ema=Ibar, sensitivity_ema_hat=Ibar,
+                         uncertainty=U, lr_multiplier=r)
         # p = p - s * update ;  t = t + 1
         new_p = p - s * update
         return new_p, new_state, trace

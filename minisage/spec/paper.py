@@ -95,5 +95,5 @@ class AdamSAGERule(Rule):
         new_p = p - (lr_t / (1 - b1**t)) * r * m / denom
         new_state = {"step": t, "exp_avg": m, "exp_avg_sq": v, "sensitivity_ema": Ibar}
         trace = {"lr": np.asarray(lr_t), "sensitivity": I, "sensitivity_ema": Ibar,
-                 "uncertainty": U, "lr_scale": r}
+                 "sensitivity_ema_hat": Ibar, "uncertainty": U, "lr_multiplier": r}
         return new_p, new_state, trace
