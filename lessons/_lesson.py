@@ -1,8 +1,9 @@
 """What every lesson shares: the fast mode, where figures go, and how a figure is saved and shown.
 
-Imported first by each lesson (``from _lesson import ...``), so that minisage is imported before
-NumPy (one BLAS thread, fastest for tiny matrices). Works from a checkout without ``pip install .``
-too: then the package beside ``lessons/`` is used.
+Imported first by each lesson (``from _lesson import ...``). A lesson owns its process, so it
+tunes it (:func:`minisage.runtime.tune_process`: one BLAS thread, fastest for tiny matrices; freed
+memory kept for reuse). Works from a checkout without ``pip install .`` too: then the package
+beside ``lessons/`` is used.
 """
 
 import os
@@ -15,6 +16,9 @@ try:
 except ModuleNotFoundError:
     sys.path.insert(0, str(HERE.parent))
     import minisage  # noqa: F401
+from minisage import runtime
+
+runtime.tune_process()
 
 import matplotlib
 

@@ -54,8 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 0
+    from minisage import runtime
+
     try:
-        return int(args._run(args) or 0)
+        with runtime.tuned():  # the command line owns its process: one BLAS thread, malloc reuse
+            return int(args._run(args) or 0)
     except (ValueError, FileNotFoundError, FloatingPointError) as err:
         if os.environ.get("MINISAGE_DEBUG"):
             raise
