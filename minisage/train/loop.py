@@ -107,6 +107,10 @@ def build_optimizer(model: Transformer, config: TrainConfig, lr: float | None = 
 # ----- the run -------------------------------------------------------------------------------
 @dataclass
 class RunResult:
+    """What :func:`train` returns: the trained model and optimizer, the metrics ``history`` (one
+    row per evaluation; ``final`` is the last), the recorder (None when ``record_every`` is 0)
+    and the speed (``train_seconds`` excludes evaluation)."""
+
     config: TrainConfig
     history: list[dict]  # one row per evaluation
     recorder: SensitivityRecorder | None
@@ -179,8 +183,8 @@ def train(config: TrainConfig, task: Task | None = None, *, init_state: dict | N
         recorder = SensitivityRecorder(every=config.record_every, beta3=config.beta3,
                                        checkpoints=checkpoints)
         callbacks = (recorder, *callbacks)
-    on_gradients, on_step_end = _hooks(callbacks, "on_gradients"), _hooks(callbacks,
-                                                                          "on_step_end")
+    on_gradients = _hooks(callbacks, "on_gradients")
+    on_step_end = _hooks(callbacks, "on_step_end")
     history: list[dict] = []
     start_step = 1
     if resume is not None:
