@@ -27,18 +27,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 from scipy import stats
 
-from minisage import no_grad, optim, spec
-from minisage.nn import Transformer
+from minisage import no_grad, spec
 from minisage.tasks import make_task
 from minisage.train import (
     TrainConfig,
     batch_for_step,
     batch_sensitivity,
-    build_optimizer,
-    evaluate,
     loss_and_logits,
-    lr_schedule,
     sage_matrices,
+    train,
 )
 
 started = time.perf_counter()
@@ -49,8 +46,10 @@ started = time.perf_counter()
 #
 # The task is `sort`: a causal language model reads five digits and a separator and writes them
 # sorted. The model is minisage's Transformer (2 blocks, width 32), trained with the official
-# AdamW (`bert-adamw`) by the same steps `minisage.train.train` takes — batch, loss, backward,
-# global gradient clipping, optimizer step — written out here so that we can look inside. We
+# AdamW (`bert-adamw`) by `minisage.train.train`: batch, loss, backward, global gradient
+# clipping, optimizer step. To look inside we hand it a *callback*, an object whose
+# `on_gradients(step, model, optimizer)` runs after the gradients are clipped and before the
+# update, and whose `on_step_end(step, model, optimizer, loss)` runs after the update. With it we
 # follow the sensitivity of every entry of one feed-forward matrix through training with the
 # spec's SAGE pieces ($\beta_3 = 0.75$, the paper's default), and stop once early on to test the
 # Taylor estimate on a barely trained model.
@@ -59,14 +58,10 @@ started = time.perf_counter()
 STEPS = 60 if FAST else 400
 EARLY = 20  # the step at which we test the estimate on a barely trained model
 config = TrainConfig(task="sort", optimizer="bert-adamw", lr=1e-3, steps=STEPS, batch_size=32,
-                     weight_decay=0.01, clip_norm=1.0, schedule="linear", warmup=0.1, seed=0)
+                     weight_decay=0.01, clip_norm=1.0, schedule="linear", warmup=0.1, seed=0,
+                     eval_every=STEPS, record_every=0)  # evaluate once, at the end
 task = make_task(config.task)
-model = Transformer(config.model_config(task), seed=config.seed)
-optimizer = build_optimizer(model, config)
-lr_at = lr_schedule(config)
-named = list(model.named_parameters())
 WATCHED = "blocks.0.intermediate.dense.weight"
-watched = dict(named)[WATCHED]
 beta3 = 0.75
 
 # A fixed probe batch of training rows: the loss and the gradient of the Taylor test.
@@ -98,28 +93,38 @@ def taylor_test(model, seed=0):
     return np.array(predicted), np.array(measured)
 
 
-history = {"I": [], "Ibar": [], "U": []}
-ema = np.zeros_like(watched.data)
-for step in range(1, STEPS + 1):
-    ids, targets = batch_for_step(task, config.seed, step, config.batch_size)
-    model.zero_grad()
-    loss, _ = loss_and_logits(model, task, ids, targets)
-    loss.backward()
-    optim.clip_grad_norm_(named, config.clip_norm)
-    # I = |theta * g|, Ibar = beta3 * Ibar + (1 - beta3) * I, U = |I - Ibar|  (before the update)
-    I = spec.sensitivity(watched.data, watched.grad)
-    ema = spec.sensitivity_ema(ema, I, beta3)
-    history["I"].append(I)
-    history["Ibar"].append(ema)
-    history["U"].append(spec.uncertainty(I, ema))
-    optimizer.step(lr=lr_at(step))
-    if step == EARLY:
-        early = taylor_test(model)
-history = {k: np.array(v) for k, v in history.items()}  # (steps, 128, 32) each
+class Watch:
+    """The training callback: I, Ibar and U of every entry of the WATCHED matrix at every step,
+    and the Taylor test after step EARLY."""
+
+    def __init__(self):
+        self.history = {"I": [], "Ibar": [], "U": []}
+        self.ema = None  # Ibar, zero before the first step
+        self.early = None
+
+    def on_gradients(self, step, model, optimizer):
+        watched = dict(model.named_parameters())[WATCHED]
+        # before the update: I = |theta * g|, Ibar = beta3 Ibar + (1 - beta3) I, U = |I - Ibar|
+        I = spec.sensitivity(watched.data, watched.grad)
+        previous = np.zeros_like(I) if self.ema is None else self.ema
+        self.ema = spec.sensitivity_ema(previous, I, beta3)
+        self.history["I"].append(I)
+        self.history["Ibar"].append(self.ema)
+        self.history["U"].append(spec.uncertainty(I, self.ema))
+
+    def on_step_end(self, step, model, optimizer, loss):
+        if step == EARLY:
+            self.early = taylor_test(model)
+
+
+watch = Watch()
+result = train(config, task, callbacks=[watch])
+model, early = result.model, watch.early
+watched = dict(model.named_parameters())[WATCHED]
+history = {k: np.array(v) for k, v in watch.history.items()}  # (steps, 128, 32) each
 trained = taylor_test(model)
-val = evaluate(model, task, task.val)
-print(f"trained {STEPS} steps: validation accuracy {val['accuracy']:.3f} "
-      f"(loss {val['loss']:.3f}) on {task.description}")
+print(f"trained {STEPS} steps: validation accuracy {result.final['val_accuracy']:.3f} "
+      f"(loss {result.final['val_loss']:.3f}) on {task.description}")
 
 # %% [markdown]
 # ## 1. Predicted against measured loss change

@@ -20,21 +20,15 @@ from _lesson import FAST, save  # first: sets up minisage before NumPy
 # isort: split
 import math
 import time
+from dataclasses import replace
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minisage import optim, spec
-from minisage.nn import Transformer
+from minisage import spec
 from minisage.spec.split import SAGE_PATTERNS
 from minisage.tasks import make_task
-from minisage.train import (
-    TrainConfig,
-    batch_for_step,
-    evaluate,
-    loss_and_logits,
-    lr_schedule,
-)
+from minisage.train import TrainConfig, loss_and_logits, train
 
 started = time.perf_counter()
 
@@ -42,7 +36,7 @@ started = time.perf_counter()
 # %% [markdown]
 # ## 1. Every line of one `adamw-sage` step
 #
-# The official rule, in order (SAGE_SPEC.md section 3; `help(spec.rule_class("adamw-sage"))`):
+# The official rule, in order (docs/spec.md section 3; `help(spec.rule_class("adamw-sage"))`):
 #
 # 1. `t += 1`; clip the gradient of this tensor to norm `max_grad_norm` (1.0 by default);
 # 2. Adam moments $m = \beta_1 m + (1-\beta_1) g$, $v = \beta_2 v + (1-\beta_2) g^2$, and
@@ -201,40 +195,47 @@ save(fig, "04_first_step_and_zero_entry.png")
 # initialised to exactly zero, so under SAGE they could never move. We train the same tiny
 # Transformer on the `sort` task twice from the same initialization with `adamw-sage` at the
 # same settings: once with the official split (`minisage.spec.split.SAGE_PATTERNS`) and once
-# with SAGE on every parameter, recording the optimizer's per-entry trace (`record=True`).
+# with SAGE on every parameter (`minisage.train.train(..., sage_patterns=...)`). A training
+# callback turns on the optimizer's per-entry trace (`optimizer.record`) at a few steps and keeps
+# the multiplier $r$ it applied there.
 
 # %%
 N_TF = 30 if FAST else 150
 config = TrainConfig(task="sort", optimizer="adamw-sage", lr=1e-3, steps=N_TF, batch_size=32,
-                     weight_decay=0.01, clip_norm=1.0, schedule="linear", warmup=0.1, seed=0)
+                     weight_decay=0.01, clip_norm=1.0, schedule="linear", warmup=0.1, seed=0,
+                     eval_every=N_TF, record_every=0)  # evaluate once, at the end
 task = make_task("sort")
-lr_at = lr_schedule(config)
 SNAPSHOTS = sorted({1, 2, 10, N_TF})
 
 
-def train_recording(preset, sage_patterns):
-    """Train with ``preset`` (SAGE on names matching ``sage_patterns``) and keep, at the
-    SNAPSHOTS steps, the multiplier r of every SAGE-group entry."""
-    model = Transformer(config.model_config(task), seed=config.seed)
-    initial = {n: p.data.copy() for n, p in model.named_parameters()}
-    named = list(model.named_parameters())
-    groups = optim.sage_param_groups(named, sage_patterns=sage_patterns,
-                                     no_decay_patterns=("bias", "norm"),
-                                     weight_decay=config.weight_decay)
-    opt = optim.make(preset, groups, lr=config.lr, record=True)
-    multipliers = {}
-    for step in range(1, N_TF + 1):
-        ids, targets = batch_for_step(task, config.seed, step, config.batch_size)
-        model.zero_grad()
-        loss_and_logits(model, task, ids, targets)[0].backward()
-        optim.clip_grad_norm_(named, config.clip_norm)
-        opt.step(lr=lr_at(step))
+class Multipliers:
+    """The training callback: the initial parameters, and at the SNAPSHOTS steps the multiplier
+    r that the optimizer applied to every SAGE-group entry (from its trace)."""
+
+    def __init__(self):
+        self.initial = None
+        self.at_step = {}
+
+    def on_gradients(self, step, model, optimizer):
+        if self.initial is None:  # before the first update
+            self.initial = {n: p.data.copy() for n, p in model.named_parameters()}
+        optimizer.record = step in SNAPSHOTS  # keep this step's trace in optimizer.last_trace
+
+    def on_step_end(self, step, model, optimizer, loss):
         if step in SNAPSHOTS:
-            multipliers[step] = np.concatenate(
-                [tr["lr_multiplier"].ravel() for tr in opt.last_trace.values()
+            self.at_step[step] = np.concatenate(
+                [tr["lr_multiplier"].ravel() for tr in optimizer.last_trace.values()
                  if "lr_multiplier" in tr])
-    moved = {n: np.mean(p.data != initial[n]) for n, p in model.named_parameters()}
-    return model, moved, multipliers
+
+
+def train_recording(preset, sage_patterns):
+    """Train with ``preset`` (SAGE on names matching ``sage_patterns``); returns the model, the
+    fraction of each parameter's entries that moved, and the multipliers at the SNAPSHOTS."""
+    watch = Multipliers()
+    result = train(replace(config, optimizer=preset), task, sage_patterns=sage_patterns,
+                   callbacks=[watch])
+    moved = {n: np.mean(p.data != watch.initial[n]) for n, p in result.model.named_parameters()}
+    return result, moved, watch.at_step
 
 
 def kind(name):
@@ -255,8 +256,8 @@ runs = {
 kinds = sorted({kind(n) for n in runs["official split"][1]})
 fractions = {label: {k: np.mean([v for n, v in moved.items() if kind(n) == k]) for k in kinds}
              for label, (_, moved, _) in runs.items()}
-for label, (model, moved, _) in runs.items():
-    acc = evaluate(model, task, task.val)["accuracy"]
+for label, (result, moved, _) in runs.items():
+    acc = result.final["val_accuracy"]
     never = [n for n, v in moved.items() if v == 0]
     print(f"{label}: after {N_TF} steps validation accuracy {acc:.3f}; parameters with no entry "
           f"moved: {never if never else 'none'}")
@@ -285,14 +286,15 @@ save(fig, "04_official_split.png")
 # rounding, and no optimizer moves them:
 
 # %%
-model = runs["official split"][0]
+model = runs["official split"][0].model
 model.zero_grad()
 loss_and_logits(model, task, task.train.ids[:256], task.train.targets[:256])[0].backward()
 for name, p in model.named_parameters():
     if "key.bias" in name or "query.bias" in name:
         print(f"max |gradient| of {name:<36} {np.abs(p.grad).max():.1e}")
 model.zero_grad()
-#
+
+# %% [markdown]
 # ## 4. The multiplier's distribution: paper against official
 #
 # The same official-split run, and a run of the paper's form (`adam-sage` on the same split,

@@ -31,9 +31,8 @@ from dataclasses import replace
 import numpy as np
 
 from minisage import plots
-from minisage.compare import mean_ci, welch_p
 from minisage.tasks import make_task
-from minisage.train import TrainConfig, train
+from minisage.train import TrainConfig, mean_ci, train, welch_p
 
 started = time.perf_counter()
 
@@ -60,7 +59,7 @@ for label, preset in OPTIMIZERS.items():
 #
 # Mean over seeds, with a band of plus or minus one standard error; dotted lines are the accuracy
 # on a fixed part of the training split. The final numbers come with 95% confidence intervals
-# (Student t over seeds, `minisage.compare.mean_ci`) and Welch's t-test (`welch_p`).
+# (Student t over seeds, `minisage.train.mean_ci`) and Welch's t-test (`welch_p`).
 
 # %%
 path = plots.learning_curves(

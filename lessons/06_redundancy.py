@@ -38,9 +38,16 @@ from dataclasses import replace
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minisage.compare import PRUNE_FRACTIONS, mean_ci, welch_p
+from minisage.compare import PRUNE_FRACTIONS
 from minisage.tasks import make_task
-from minisage.train import TrainConfig, pretrained_state, pruning_curve, train
+from minisage.train import (
+    TrainConfig,
+    mean_ci,
+    pretrained_state,
+    pruning_curve,
+    train,
+    welch_p,
+)
 
 started = time.perf_counter()
 
@@ -76,7 +83,7 @@ for label, preset in OPTIMIZERS.items():
 # $f$, measures validation accuracy, and restores the model. Because the two optimizers reach
 # different accuracies before any pruning, the fair comparison is the **drop** from each model's
 # own unpruned accuracy. Bands and error bars are 95% confidence intervals over seeds
-# (`minisage.compare.mean_ci`); p-values are Welch's t-test (`welch_p`).
+# (`minisage.train.mean_ci`); p-values are Welch's t-test (`welch_p`).
 
 # %%
 fractions = np.array(FRACTIONS)

@@ -92,7 +92,7 @@ else:
 # %% [markdown]
 # ## 4. Your own implementation, and two plausible bugs
 #
-# Suppose you write the official AdamW-SAGE yourself, from SAGE_SPEC.md, in plain NumPy. Below
+# Suppose you write the official AdamW-SAGE yourself, from docs/spec.md, in plain NumPy. Below
 # is such an implementation, with a switch for two bugs that are easy to make and hard to see
 # in a training curve:
 #
@@ -104,7 +104,7 @@ else:
 
 # %%
 def my_adamw_sage(param, grad, state, lr, hparams, bug=None):
-    """The official AdamW-SAGE (UnstructAwareAdamW), written from SAGE_SPEC.md section 3."""
+    """The official AdamW-SAGE (UnstructAwareAdamW), written from docs/spec.md section 3."""
     b1, b2 = hparams["betas"]
     b3, eps, wd = hparams["beta3"], hparams["eps"], hparams["weight_decay"]
     t = state["step"] + 1

@@ -13,41 +13,35 @@ load from other processes hits both sides alike. Cases:
   torch: the allocation events of ``torch.profiler``) and the optimizer state per parameter;
 - the medium train step's matmul GFLOP/s against NumPy's own matmul GFLOP/s on this machine.
 
-Threads: both sides use the same number. Torch takes it from ``torch.set_num_threads``; NumPy's
-BLAS from ``threadpoolctl`` when it is installed (optional), otherwise from the environment
-variable ``OPENBLAS_NUM_THREADS`` (or ``OMP_NUM_THREADS``) read when NumPy is imported -- minisage
-asks for 1 (see ``minisage/__init__.py``). ``minisage bench --threads N`` without threadpoolctl
-starts a fresh process with ``OPENBLAS_NUM_THREADS=N``.
+Threads: both sides use the same number, ``threads`` (default 1, as the command line sets): NumPy's
+BLAS through :func:`minisage.runtime.tuned` (threadpoolctl) and torch through
+``torch.set_num_threads``, for the duration of :func:`bench` (both are restored afterwards).
 
-This is a benchmark, never a test: :func:`bench` returns the numbers and the targets they are
-compared with, and nothing asserts on them.
+This is a benchmark, never a test: :func:`bench` returns the numbers, and nothing asserts on them.
+What they are compared with (the targets) is the report's business (``minisage bench``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
+import contextlib
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import scipy
+from threadpoolctl import threadpool_info
 
 import minisage
 import minisage.functional as F
-from minisage import optim
+from minisage import optim, runtime
 from minisage.nn import Transformer, TransformerConfig
 
-#: ratio targets of issue 7 (upper bounds; the last is a lower bound on the fraction of the ceiling)
-TARGETS = {"train_lesson": 0.8, "train_medium": 1.3, "sage_over_adam": 1.3, "ceiling": 0.5}
-#: the optimizer presets timed alone: minisage class, torch class (or None: torch.optim.Adam)
+#: the optimizer presets timed alone (see _minisage_optimizer and _torch_optimizer)
 OPTIMIZERS = ("adam", "adamw-sage", "adamax-sage")
 
 
@@ -88,32 +82,10 @@ TINY = Shape("tiny", d_model=16, n_layers=1, n_heads=2, seq=8, batch=2, vocab=11
 # threads and timing
 # ----------------------------------------------------------------------------------------------
 
-def numpy_threads(n: int | None = None) -> tuple[int, str]:
-    """NumPy's BLAS thread count and where it comes from; with ``n``, set it first if possible.
-
-    Raises ValueError if ``n`` differs from the count fixed at NumPy's import and threadpoolctl
-    (which can change it) is not installed.
-    """
-    try:
-        from threadpoolctl import threadpool_info, threadpool_limits
-    except ImportError:
-        threadpool_limits = None
-    if threadpool_limits is None:
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
-            if os.environ.get(var):
-                current, source = int(os.environ[var]), var
-                break
-        else:
-            current, source = os.cpu_count() or 1, "default (one per core)"
-        if n is not None and n != current:
-            raise ValueError(f"bench: NumPy's BLAS uses {current} thread(s) ({source}), fixed "
-                             f"at import; start with OPENBLAS_NUM_THREADS={n} or install "
-                             "threadpoolctl")
-        return current, source
-    if n is not None:
-        threadpool_limits(n, user_api="blas")
+def blas_threads() -> int:
+    """The number of threads NumPy's BLAS uses now (threadpoolctl; 1 if it finds no BLAS)."""
     counts = {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
-    return (max(counts) if counts else 1), "threadpoolctl"
+    return max(counts) if counts else 1
 
 
 def interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: int
@@ -328,72 +300,57 @@ def _torch_available() -> bool:
 
 
 def bench(*, shapes: tuple[Shape, ...] = (LESSON, MEDIUM), optimizer_shape: Shape = MEDIUM,
-          reps: int = 20, warmup: int = 3, threads: int | None = None, dtype: str = "float32",
+          reps: int = 20, warmup: int = 3, threads: int = 1, dtype: str = "float32",
           with_torch: bool | None = None, seed: int = 0,
           progress: Callable[[str], None] | None = None) -> dict:
-    """Run every case and return a JSON-ready dict: ``environment``, ``train`` (one row per
-    shape), ``optimizer`` (one row per preset), ``ceiling``, ``targets`` (each with its value and
-    whether it is met). ``threads``: for both NumPy's BLAS and torch (default: NumPy's current).
-    ``with_torch``: None = when torch is installed. The ceiling is the last shape's."""
+    """Run every case and return the numbers as a JSON-ready dict: ``environment``, ``train``
+    (one row per shape), ``optimizer`` (one row per preset), ``ceiling``. ``threads``: for both
+    NumPy's BLAS and torch, during the run. ``with_torch``: None = when torch is installed. The
+    ceiling is the last shape's."""
     if reps < 1 or warmup < 0:
         raise ValueError(f"bench: reps must be >= 1 and warmup >= 0, got {reps}, {warmup}")
     if dtype not in ("float32", "float64"):
         raise ValueError(f"bench: dtype must be float32 or float64, got {dtype!r}")
     with_torch = _torch_available() if with_torch is None else with_torch
-    n_threads, source = numpy_threads(threads)
-    env = {
-        "machine": f"{_cpu_name()} ({os.cpu_count()} logical cores), {platform.system()}",
-        "python": platform.python_version(), "numpy": np.__version__,
-        "minisage": minisage.__version__, "dtype": dtype, "threads": n_threads,
-        "numpy_threads_source": source, "reps": reps, "warmup": warmup,
-    }
-    import scipy
+    with runtime.tuned(threads=threads, keep_memory=False), _torch_threads(threads, with_torch):
+        env = {
+            "machine": f"{_cpu_name()} ({os.cpu_count()} logical cores), {platform.system()}",
+            "python": platform.python_version(), "numpy": np.__version__,
+            "scipy": scipy.__version__, "minisage": minisage.__version__, "dtype": dtype,
+            "threads": blas_threads(), "reps": reps, "warmup": warmup,
+        }
+        if with_torch:
+            import torch
 
-    env["scipy"] = scipy.__version__
-    if with_torch:
-        import torch
-
-        torch.set_num_threads(n_threads)
-        env["torch"] = torch.__version__
-        env["torch_threads"] = torch.get_num_threads()
-    say = progress or (lambda message: None)
-    result: dict = {"environment": env, "train": [], "optimizer": []}
-    for shape in shapes:
-        say(f"train step, {shape.name} ...")
-        result["train"].append(train_case(shape, dtype, reps, warmup, with_torch, seed))
-    say(f"optimizer steps, {optimizer_shape.name} ...")
-    result["optimizer"] = optimizer_cases(optimizer_shape, dtype, reps, warmup, with_torch, seed)
-    say("matmul ceiling ...")
-    result["ceiling"] = matmul_ceiling(shapes[-1], dtype, max(reps, 5), with_torch)
-    result["targets"] = _targets(result, with_torch)
+            env["torch"] = torch.__version__
+            env["torch_threads"] = torch.get_num_threads()
+        say = progress or (lambda message: None)
+        result: dict = {"environment": env, "train": [], "optimizer": []}
+        for shape in shapes:
+            say(f"train step, {shape.name} ...")
+            result["train"].append(train_case(shape, dtype, reps, warmup, with_torch, seed))
+        say(f"optimizer steps, {optimizer_shape.name} ...")
+        result["optimizer"] = optimizer_cases(optimizer_shape, dtype, reps, warmup, with_torch,
+                                              seed)
+        say("matmul ceiling ...")
+        result["ceiling"] = matmul_ceiling(shapes[-1], dtype, max(reps, 5), with_torch)
     return result
 
 
-def _targets(result: dict, with_torch: bool) -> list[dict]:
-    def target(name, value, bound, upper=True):
-        met = None if value is None else (value <= bound if upper else value >= bound)
-        return {"target": name, "value": value, "bound": bound,
-                "kind": "<=" if upper else ">=", "met": met}
+@contextlib.contextmanager
+def _torch_threads(n: int, with_torch: bool) -> Iterator[None]:
+    """torch uses ``n`` threads within the block (nothing to do without torch)."""
+    if not with_torch:
+        yield
+        return
+    import torch
 
-    train = {row["shape"]: row for row in result["train"]}
-    opt = {row["preset"]: row for row in result["optimizer"]}
-    out = []
-    for shape, key in (("lesson", "train_lesson"), ("medium", "train_medium")):
-        if shape in train:
-            out.append(target(f"train step {shape}, minisage/torch",
-                              train[shape].get("ratio") if with_torch else None, TARGETS[key]))
-    for preset in ("adamw-sage", "adamax-sage"):
-        out.append(target(f"{preset} step / minisage adam step", opt[preset]["over_adam"],
-                          TARGETS["sage_over_adam"]))
-    last = result["train"][-1]
-    out.append(target(f"{last['shape']} train step GFLOP/s / numpy matmul GFLOP/s",
-                      last["gflops"] / result["ceiling"]["numpy_gflops"], TARGETS["ceiling"],
-                      upper=False))
-    for preset, arrays in (("adam", [2]), ("adamw-sage", [3]), ("adamax-sage", [3])):
-        got = opt[preset]["state_arrays_per_param"]
-        out.append({"target": f"{preset} state arrays per parameter", "value": got,
-                    "bound": arrays, "kind": "==", "met": got == arrays})
-    return out
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _cpu_name() -> str:
@@ -415,7 +372,7 @@ def format_table(result: dict) -> str:
     torch_threads = f", torch {env['torch_threads']}" if "torch_threads" in env else ""
     lines = [
         f"machine: {env['machine']}; {versions}",
-        f"threads: numpy BLAS {env['threads']} ({env['numpy_threads_source']}){torch_threads}; "
+        f"threads: numpy BLAS {env['threads']}{torch_threads}; "
         f"{env['dtype']}; median of {env['reps']} interleaved repetitions after "
         f"{env['warmup']} warm-up",
         "",
@@ -440,54 +397,4 @@ def format_table(result: dict) -> str:
     for row in result["optimizer"]:
         lines.append(f"{row['preset']} state: {row['state_arrays_per_param']} array(s) per "
                      f"parameter, {row['state_bytes_per_param']:g} bytes per parameter entry")
-    lines += ["", "targets:"]
-    for t in result["targets"]:
-        value = t["value"]
-        shown = "n/a (no torch)" if value is None else (
-            f"{value:.2f}" if isinstance(value, float) else str(value))
-        verdict = {True: "met", False: "MISSED", None: "-"}[t["met"]]
-        lines.append(f"  {t['target']:<52} {shown:>14} {t['kind']} {t['bound']}  {verdict}")
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------
-# the command line
-# ----------------------------------------------------------------------------------------------
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reps", type=int, default=20, help="timed repetitions (median; 20)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed repetitions first (3)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="threads for NumPy's BLAS and torch (default: NumPy's, 1 unless "
-                        "OPENBLAS_NUM_THREADS says otherwise)")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--no-torch", action="store_true", help="minisage only")
-    parser.add_argument("--quick", action="store_true",
-                        help="a tiny model and few repetitions: checks that it runs")
-    parser.add_argument("--json", metavar="PATH", default=None, help="also write the result here")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        try:
-            numpy_threads(args.threads)
-        except ValueError:  # fixed at import: start over with the variable set
-            env = {**os.environ, "OPENBLAS_NUM_THREADS": str(args.threads),
-                   "OMP_NUM_THREADS": str(args.threads)}
-            argv = ["bench", "--reps", str(args.reps), "--warmup", str(args.warmup), "--threads",
-                    str(args.threads), "--dtype", args.dtype]
-            argv += ["--no-torch"] * args.no_torch + ["--quick"] * args.quick
-            argv += ["--json", args.json] if args.json else []
-            return subprocess.call([sys.executable, "-m", "minisage", *argv], env=env)
-    kwargs: dict = {"reps": args.reps, "warmup": args.warmup}
-    if args.quick:
-        kwargs = {"shapes": (TINY,), "optimizer_shape": TINY, "reps": 3, "warmup": 1}
-    result = bench(threads=args.threads, dtype=args.dtype,
-                   with_torch=False if args.no_torch else None,
-                   progress=lambda m: print(m, file=sys.stderr, flush=True), **kwargs)
-    print(format_table(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
-    return 0 if all(math.isfinite(r["minisage_ms"]) for r in result["train"]) else 1

@@ -9,40 +9,29 @@ against ``adamw-sage`` (the same code with the SAGE multiplier), both at the sam
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, replace
 
 import numpy as np
-from scipy import stats
 
-from minisage import plots, spec
-from minisage.tasks import TASKS, make_task
-from minisage.train import TrainConfig, pretrained_state, pruning_curve, train
+from minisage import plots
+from minisage.tasks import make_task
+from minisage.train import (
+    TrainConfig,
+    mean_ci,
+    nan_to_none,
+    pretrained_state,
+    pruning_curve,
+    train,
+    welch_p,
+)
 
 PRUNE_FRACTIONS = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9)
 DEFAULT_OPTIMIZERS = ("bert-adamw", "adamw-sage")
-
-
-def mean_ci(values, confidence: float = 0.95) -> tuple[float, float]:
-    """Mean and the half-width of its Student-t confidence interval (nan for one value)."""
-    values = np.asarray(values, dtype=float)
-    if len(values) < 2:
-        return float(values.mean()), float("nan")
-    half = stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * stats.sem(values)
-    return float(values.mean()), float(half)
-
-
-def welch_p(a, b) -> float:
-    """Two-sided p-value of Welch's t-test (unequal variances); nan if it is undefined."""
-    if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
-        return float("nan")
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def compare(task_name: str = "finetune", optimizers=DEFAULT_OPTIMIZERS, seeds: int = 5,
@@ -128,7 +117,7 @@ def _p(value: float) -> str:
 
 def write_outputs(out: str, task, runs: dict, summary: dict) -> list[str]:
     with open(os.path.join(out, "summary.json"), "w") as f:  # strict JSON: nan -> null
-        json.dump(_nan_to_none(summary), f, indent=2, allow_nan=False)
+        json.dump(nan_to_none(summary), f, indent=2, allow_nan=False)
     _write_rows(os.path.join(out, "metrics.csv"), [
         {"optimizer": name, "seed": seed, **row}
         for name, results in runs.items() for seed, r in enumerate(results)
@@ -173,52 +162,9 @@ def write_outputs(out: str, task, runs: dict, summary: dict) -> list[str]:
     return figures
 
 
-def _nan_to_none(value):
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_nan_to_none(v) for v in value]
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
 def _write_rows(path: str, rows: list[dict]) -> None:
     with open(path, "w", newline="") as f:
         if rows:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", default="finetune", choices=sorted(TASKS))
-    parser.add_argument("--optimizers", default=",".join(DEFAULT_OPTIMIZERS),
-                        help="comma-separated spec presets; the first is the baseline "
-                        f"(default {','.join(DEFAULT_OPTIMIZERS)})")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds per optimizer (default 5)")
-    parser.add_argument("--steps", type=int, help="training steps per run")
-    parser.add_argument("--lr", help="one learning rate for all, or one per optimizer, "
-                        "comma-separated")
-    parser.add_argument("--out", help="output folder (default runs/compare-<timestamp>)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def run(args: argparse.Namespace) -> int:
-    optimizers = [name.strip() for name in args.optimizers.split(",") if name.strip()]
-    unknown = [name for name in optimizers if name not in spec.presets()]
-    if unknown or not optimizers:
-        raise ValueError(f"unknown optimizer(s) {unknown}; presets: {', '.join(spec.presets())}")
-    if args.seeds < 1 or (args.steps is not None and args.steps < 1):
-        raise ValueError("--seeds and --steps must be >= 1")
-    lrs = None
-    if args.lr:
-        values = [float(v) for v in args.lr.split(",")]
-        if len(values) == 1:
-            values = values * len(optimizers)
-        if len(values) != len(optimizers):
-            raise ValueError(f"--lr has {len(values)} values for {len(optimizers)} optimizers")
-        lrs = dict(zip(optimizers, values))
-    compare(args.task, optimizers, args.seeds, args.steps, lrs, args.out,
-            progress=not args.quiet and sys.stderr.isatty())
-    return 0

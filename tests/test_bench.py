@@ -1,6 +1,6 @@
-"""minisage bench in a tiny mode: the structure of its result, table and JSON, and the invariants
-that hold whatever the timings (state arrays and bytes per parameter, same weights on both sides).
-Never a timing assertion."""
+"""minisage bench in a tiny mode: the structure of its result, table and JSON, the invariants
+that hold whatever the timings (state arrays and bytes per parameter, same weights on both sides),
+the report's targets, and the thread count. Never a timing assertion."""
 
 import json
 
@@ -9,12 +9,13 @@ import pytest
 
 from minisage import bench
 from minisage.cli import main
+from minisage.cli.bench import TARGETS, check_targets, format_targets, target
 
 TINY = {"shapes": (bench.TINY,), "optimizer_shape": bench.TINY, "reps": 2, "warmup": 1}
 
 
 def _check_structure(result, dtype, with_torch, reps=2):
-    assert set(result) == {"environment", "train", "optimizer", "ceiling", "targets"}
+    assert set(result) == {"environment", "train", "optimizer", "ceiling"}  # numbers only
     env = result["environment"]
     assert env["dtype"] == dtype and env["threads"] >= 1 and env["reps"] == reps
     assert ("torch" in env) == with_torch
@@ -29,11 +30,10 @@ def _check_structure(result, dtype, with_torch, reps=2):
         assert row["state_bytes_per_param"] == arrays * size
         assert row["minisage_ms"] > 0 and ("ratio" in row) == with_torch
     assert result["ceiling"]["numpy_gflops"] > 0
-    targets = {t["target"]: t for t in result["targets"]}
+    targets = {t["target"]: t for t in check_targets(result)}
     assert targets["adamw-sage state arrays per parameter"]["met"] is True
     assert targets["adam state arrays per parameter"]["met"] is True
-    assert all(t["met"] in (True, False, None) for t in targets.values())
-    json.dumps(result)                                    # JSON-ready as it is
+    json.dumps(result, allow_nan=False)                   # JSON-ready as it is
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -43,27 +43,74 @@ def test_bench_without_torch(dtype):
     assert "ratio" not in result["train"][0]
     table = bench.format_table(result)
     assert "train step, tiny" in table and "optimizer step, adamw-sage" in table
-    assert "targets:" in table
+    assert "target" not in table                          # the report's, not the benchmark's
 
 
 def test_bench_with_torch_uses_the_same_weights_and_threads():
     torch = pytest.importorskip("torch")
-    result = bench.bench(with_torch=True, **TINY)
+    before = torch.get_num_threads()
+    result = bench.bench(with_torch=True, threads=1, **TINY)
     _check_structure(result, "float32", with_torch=True)
     env = result["environment"]
-    assert env["torch_threads"] == env["threads"] == torch.get_num_threads()
+    assert env["torch_threads"] == env["threads"] == 1
+    assert torch.get_num_threads() == before                  # restored after the run
     row = result["train"][0]
     assert row["first_loss_diff"] <= 1e-5 and row["ratio"] > 0 and row["torch_peak_mb"] >= 0
     assert "torch" in bench.format_table(result).splitlines()[0]
 
 
-def test_cli_bench_prints_the_table_and_writes_json(tmp_path, capsys):
+def test_cli_bench_prints_the_table_and_targets_and_writes_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
     assert main(["bench", "--quick", "--no-torch", "--json", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "train step, tiny" in out and "threads: numpy BLAS" in out
+    assert "train step, tiny" in out and "threads: numpy BLAS 1" in out and "targets:" in out
     saved = json.loads(path.read_text())
+    targets = saved.pop("targets")
     _check_structure(saved, "float32", with_torch=False, reps=3)
+    assert targets == check_targets(saved)
+
+
+def test_a_target_is_met_or_missed_as_its_bound_says():
+    assert target("r", 0.7, 0.8)["met"] is True
+    assert target("r", 0.8, 0.8)["met"] is True               # the bound itself is allowed
+    assert target("r", 0.81, 0.8)["met"] is False
+    assert target("f", 0.49, 0.5, ">=")["met"] is False
+    assert target("f", 0.6, 0.5, ">=")["met"] is True
+    assert target("s", [3], [3], "==")["met"] is True
+    assert target("s", [2, 3], [3], "==")["met"] is False
+    assert target("r", None, 0.8)["met"] is None             # no value (no torch): no verdict
+    with pytest.raises(KeyError):
+        target("r", 1.0, 0.8, "<")
+
+
+def test_targets_of_a_given_result():
+    """Numbers chosen on both sides of each bound give the verdicts the bounds say."""
+    def opt_row(preset, over_adam, arrays):
+        return {"preset": preset, "over_adam": over_adam, "state_arrays_per_param": arrays}
+
+    result = {
+        "train": [{"shape": "lesson", "ratio": TARGETS["train_lesson"] - 0.1},
+                  {"shape": "medium", "ratio": TARGETS["train_medium"] + 0.1, "gflops": 4.0}],
+        "optimizer": [opt_row("adam", 1.0, [2]), opt_row("adamw-sage", 1.2, [3]),
+                      opt_row("adamax-sage", 1.4, [2, 3])],
+        "ceiling": {"numpy_gflops": 10.0},
+    }
+    verdicts = {t["target"]: t["met"] for t in check_targets(result)}
+    assert verdicts == {
+        "train step lesson, minisage/torch": True,
+        "train step medium, minisage/torch": False,
+        "adamw-sage step / minisage adam step": True,
+        "adamax-sage step / minisage adam step": False,
+        "medium train step GFLOP/s / numpy matmul GFLOP/s": False,   # 0.4 < 0.5
+        "adam state arrays per parameter": True,
+        "adamw-sage state arrays per parameter": True,
+        "adamax-sage state arrays per parameter": False,
+    }
+    del result["train"][0]["ratio"]                               # measured without torch
+    first = check_targets(result)[0]
+    assert first["value"] is None and first["met"] is None
+    assert "n/a (no torch)" in format_targets([first]) and "MISSED" in format_targets(
+        check_targets(result))
 
 
 def test_bad_arguments():
@@ -71,15 +118,15 @@ def test_bad_arguments():
         bench.bench(reps=0, with_torch=False)
     with pytest.raises(ValueError, match="float32 or float64"):
         bench.bench(dtype="float16", with_torch=False)
-    threads, source = bench.numpy_threads()
-    if source != "threadpoolctl":                         # fixed at import: a clear error
-        with pytest.raises(ValueError, match=f"OPENBLAS_NUM_THREADS={threads + 1}"):
-            bench.numpy_threads(threads + 1)
+    with pytest.raises(ValueError, match="threads must be an integer >= 1"):
+        bench.bench(threads=0, with_torch=False, **TINY)
 
 
-def test_cli_threads_are_set_for_both(tmp_path):
-    """--threads N: NumPy's BLAS (threadpoolctl, or a fresh process with OPENBLAS_NUM_THREADS=N)
-    and torch use N."""
+def test_threads_are_set_for_the_run_and_restored(tmp_path):
+    """--threads N: NumPy's BLAS uses N during the run (threadpoolctl) and its count before,
+    after it."""
+    before = bench.blas_threads()
     path = tmp_path / "bench.json"
     assert main(["bench", "--quick", "--no-torch", "--threads", "2", "--json", str(path)]) == 0
     assert json.loads(path.read_text())["environment"]["threads"] == 2
+    assert bench.blas_threads() == before

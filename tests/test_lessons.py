@@ -32,6 +32,8 @@ EXPECTED_FIGURES = {
 }
 TIMEOUT_S = 300  # for all lessons together, started in parallel on a possibly busy machine
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: a markdown heading written as a comment: "# # Title", "# ## Section", ...
+MARKDOWN_HEADING = re.compile(r"#\s*#{1,6}\s+\S")
 
 
 def test_every_lesson_is_listed():
@@ -91,13 +93,18 @@ def test_lesson_is_jupytext_percent_format(name):
     code_cells = [m for m in markers if m == "# %%"]
     markdown_cells = [m for m in markers if m != "# %%"]
     assert code_cells and len(markdown_cells) >= 2
-    # every line of a markdown cell is a comment (jupytext turns "# text" into "text")
+    # every line of a markdown cell is a comment (jupytext turns "# text" into "text"), and no
+    # code cell holds a markdown heading ("# ## ..."): it would show as a comment in a notebook
     in_markdown = False
     for number, line in enumerate(lines, start=1):
         if line.startswith("# %%"):
             in_markdown = line == "# %% [markdown]"
         elif in_markdown:
             assert line == "" or line.startswith("#"), f"{name}:{number}: not a comment: {line!r}"
+        else:
+            assert not MARKDOWN_HEADING.match(line), (
+                f"{name}:{number}: a markdown heading in a code cell (start a '# %% [markdown]' "
+                f"cell before it): {line!r}")
     compile(text, name, "exec")  # valid Python
 
 

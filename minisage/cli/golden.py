@@ -11,22 +11,28 @@ from __future__ import annotations
 
 import argparse
 
+from minisage import golden, spec
+from minisage.errors import UsageError
+from minisage.golden import generate
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="golden_command", metavar="ACTION")
-    p = sub.add_parser("export", help="write the golden JSON files into DIR")
+    preset_help = "only this preset (repeatable; default: every preset)"
+    kind = {"formatter_class": parser.formatter_class}
+    p = sub.add_parser("export", help="write the golden JSON files into DIR", **kind)
     p.add_argument("dir", metavar="DIR", help="output folder (created if needed)")
-    p.add_argument("--preset", action="append", help="only this preset (repeatable)")
-    p = sub.add_parser("check", help="regenerate and compare with DIR (default: committed files)")
-    p.add_argument("dir", metavar="DIR", nargs="?", default=None)
-    p.add_argument("--preset", action="append", help="only this preset (repeatable)")
-    p = sub.add_parser("list", help="list the committed golden cases")
-    p.add_argument("--preset", action="append", help="only this preset (repeatable)")
+    p.add_argument("--preset", action="append", help=preset_help)
+    p = sub.add_parser("check", help="regenerate and compare with DIR (default: committed files)",
+                       **kind)
+    p.add_argument("dir", metavar="DIR", nargs="?", default=None,
+                   help="the folder to check (default: the committed vectors)")
+    p.add_argument("--preset", action="append", help=preset_help)
+    p = sub.add_parser("list", help="list the committed golden cases", **kind)
+    p.add_argument("--preset", action="append", help=preset_help)
 
 
 def _presets(args) -> tuple[str, ...] | None:
-    from minisage import spec
-
     if not args.preset:
         return None
     for name in args.preset:
@@ -35,12 +41,9 @@ def _presets(args) -> tuple[str, ...] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from minisage import golden
-    from minisage.golden import generate
-
     action = getattr(args, "golden_command", None)
     if action is None:
-        raise ValueError("say what to do: export DIR, check [DIR] or list")
+        raise UsageError("say what to do: export DIR, check [DIR] or list")
     presets = _presets(args)
     if action == "export":
         for path in generate.export(args.dir, presets):
@@ -50,8 +53,6 @@ def run(args: argparse.Namespace) -> int:
         directory = args.dir or golden.vectors_dir()
         problems = generate.compare(directory, presets)
         if not problems:
-            from minisage import spec
-
             for name in presets or spec.presets():
                 golden.load(f"{directory}/{name}.json")
             print(f"golden vectors in {directory}: identical to what the spec generates")

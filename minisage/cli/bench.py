@@ -1,0 +1,99 @@
+"""``minisage bench``: run :func:`minisage.bench.bench`, print its table and the report of its
+numbers against the targets of issue 7.
+
+The targets are this report's, not the benchmark's: :func:`minisage.bench.bench` returns numbers
+only. ``--json PATH`` writes the numbers with the report's ``targets`` added.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+from minisage.bench import TINY, bench, format_table
+from minisage.train import nan_to_none
+
+#: ratio targets of issue 7 (upper bounds; the last is a lower bound on the fraction of the ceiling)
+TARGETS = {"train_lesson": 0.8, "train_medium": 1.3, "sage_over_adam": 1.3, "ceiling": 0.5}
+#: the optimizer state each preset must keep: arrays per parameter (m, v; or m, v / u, Ibar)
+STATE_ARRAYS = {"adam": [2], "adamw-sage": [3], "adamax-sage": [3]}
+
+
+def target(name: str, value, bound, kind: str = "<=") -> dict:
+    """One target: ``met`` is whether ``value kind bound`` holds (None when there is no value,
+    e.g. a ratio to torch without torch)."""
+    compare = {"<=": lambda v: v <= bound, ">=": lambda v: v >= bound,
+               "==": lambda v: v == bound}[kind]
+    return {"target": name, "value": value, "bound": bound, "kind": kind,
+            "met": None if value is None else bool(compare(value))}
+
+
+def check_targets(result: dict) -> list[dict]:
+    """The targets of issue 7 for a :func:`minisage.bench.bench` result."""
+    train = {row["shape"]: row for row in result["train"]}
+    opt = {row["preset"]: row for row in result["optimizer"]}
+    out = []
+    for shape, key in (("lesson", "train_lesson"), ("medium", "train_medium")):
+        if shape in train:
+            out.append(target(f"train step {shape}, minisage/torch", train[shape].get("ratio"),
+                              TARGETS[key]))
+    for preset in ("adamw-sage", "adamax-sage"):
+        out.append(target(f"{preset} step / minisage adam step", opt[preset]["over_adam"],
+                          TARGETS["sage_over_adam"]))
+    last = result["train"][-1]
+    out.append(target(f"{last['shape']} train step GFLOP/s / numpy matmul GFLOP/s",
+                      last["gflops"] / result["ceiling"]["numpy_gflops"], TARGETS["ceiling"],
+                      ">="))
+    for preset, arrays in STATE_ARRAYS.items():
+        out.append(target(f"{preset} state arrays per parameter",
+                          opt[preset]["state_arrays_per_param"], arrays, "=="))
+    return out
+
+
+def format_targets(targets: list[dict]) -> str:
+    """The targets as text: value, bound and verdict (met, MISSED, or - without a value)."""
+    lines = ["targets:"]
+    for t in targets:
+        value = t["value"]
+        shown = "n/a (no torch)" if value is None else (
+            f"{value:.2f}" if isinstance(value, float) else str(value))
+        verdict = {True: "met", False: "MISSED", None: "-"}[t["met"]]
+        lines.append(f"  {t['target']:<52} {shown:>14} {t['kind']} {t['bound']}  {verdict}")
+    return "\n".join(lines)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reps", type=int, default=20, help="timed repetitions (median)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed repetitions first")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads for both NumPy's BLAS and torch")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                        help="floating-point type of the models and optimizer states")
+    parser.add_argument("--no-torch", action="store_true",
+                        help="minisage only (default: against torch when it is installed)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a tiny model and few repetitions: checks that it runs")
+    parser.add_argument("--json", metavar="PATH", default=None,
+                        help="also write the numbers and targets here (default: none)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    kwargs: dict = {"reps": args.reps, "warmup": args.warmup}
+    if args.quick:
+        kwargs = {"shapes": (TINY,), "optimizer_shape": TINY, "reps": 3, "warmup": 1}
+    result = bench(threads=args.threads, dtype=args.dtype,
+                   with_torch=False if args.no_torch else None,
+                   progress=lambda m: print(m, file=sys.stderr, flush=True), **kwargs)
+    targets = check_targets(result)
+    print(format_table(result))
+    print()
+    print(format_targets(targets))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(nan_to_none({**result, "targets": targets}), f, indent=2, allow_nan=False)
+            f.write("\n")
+    return 0 if all(math.isfinite(r["minisage_ms"]) for r in result["train"]) else 1
