@@ -9,6 +9,9 @@
 # 2. why the gradient of a **broadcast** input is a **sum**;
 # 3. a **finite-difference** gradient check, and why its step size `h` cannot be too small.
 #
+# It ends with the two ways minisage computes a network's functions: the **reference forms**
+# (compositions of engine operations) and the **fast path** (the same functions fused).
+#
 # Run it as a script (`python lessons/01_autograd.py`) or open it as a notebook (jupytext).
 # Every number below is printed by the code; figures go to `lessons/figures/`.
 
@@ -17,9 +20,12 @@
 from _lesson import FAST, save  # first: sets up minisage before NumPy
 
 # isort: split
+import timeit
+
 import matplotlib.pyplot as plt
 import numpy as np
 
+import minisage.fast as fast
 import minisage.functional as F
 from minisage import Tensor
 from minisage.autograd import unbroadcast
@@ -242,5 +248,72 @@ save(fig, "01_gradient_check.png")
 # line: rounding. The central difference reaches a far smaller error, at a larger `h`. That the
 # V's floor is so low is itself the check: the engine's gradient agrees with the function it
 # differentiates to many digits.
+#
+# ## 4. The reference forms and the fast path
+#
+# `minisage.functional` writes each function of a network in its **reference form**, mostly as a
+# composition of the engine operations above, so that its gradient follows from theirs. Layer
+# normalization over the last axis of length $D$, for example, is
+#
+# $$\mu = \frac{1}{D} \sum_j x_j, \qquad \sigma^2 = \frac{1}{D} \sum_j (x_j - \mu)^2, \qquad
+#   y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} \odot w + b ,$$
+#
+# written in the code as sums, a subtraction, a product, a square root, a division, and the
+# scale and shift; attention $\operatorname{softmax}(q k^\top / \sqrt{d})\, v$ is two matrix
+# products around a scale, a mask and a softmax. Each operation is a node of the graph and at
+# least one pass of NumPy over the data, forward and backward. `minisage.fast` computes the same
+# functions as one node each, with the forward done in place and the VJP written out by hand,
+# in fewer NumPy passes: that is its only purpose, speed. The Transformer uses it by default
+# (`TransformerConfig(fused=True)`; `fused=False` computes with the reference forms). The two
+# must agree to rounding, values and gradients:
+
+# %%
+rng = np.random.default_rng(2)
+x_np = rng.standard_normal((8, 16, 32))  # (B, T, D)
+w_np, b_np = 1 + 0.1 * rng.standard_normal(32), 0.1 * rng.standard_normal(32)  # (D,)
+q_np, k_np, v_np = (rng.standard_normal((8, 4, 16, 8)) for _ in range(3))  # (B, H, T, D/H)
+cases = {
+    "layer_norm": (F.layer_norm, fast.layer_norm, (x_np, w_np, b_np)),
+    "causal attention": (lambda q, k, v: F.attention(q, k, v, causal=True),
+                         lambda q, k, v: fast.attention(q, k, v, causal=True),
+                         (q_np, k_np, v_np)),
+}
+
+
+def value_and_grads(f, arrays, u):
+    """f(*arrays) and the gradient of sum(u * f) with respect to each array."""
+    leaves = [Tensor(a, requires_grad=True) for a in arrays]
+    out = f(*leaves)
+    out.backward(u)
+    return out.data, [leaf.grad for leaf in leaves]
+
+
+def milliseconds(f, arrays, u, number=3 if FAST else 20):
+    """One forward and backward pass: the best of three timings of ``number`` passes."""
+    seconds = timeit.repeat(lambda: value_and_grads(f, arrays, u), number=number, repeat=3)
+    return 1e3 * min(seconds) / number
+
+
+def relative_difference(a, b):
+    """The largest |a - b|, relative to the largest |b|."""
+    return np.max(np.abs(a - b)) / np.max(np.abs(b))
+
+
+for name, (reference, fused, arrays) in cases.items():
+    u = rng.standard_normal(reference(*arrays).shape)  # a random cotangent dL/dy
+    value, grads = value_and_grads(reference, arrays, u)
+    fast_value, fast_grads = value_and_grads(fused, arrays, u)
+    worst_grad = max(relative_difference(a, b) for a, b in zip(fast_grads, grads))
+    print(f"{name:>16}: largest relative difference fast - reference: values "
+          f"{relative_difference(fast_value, value):.1e}, gradients {worst_grad:.1e}")
+    print(f"{'':>16}  one forward + backward: {milliseconds(reference, arrays, u):.2f} ms "
+          f"reference, {milliseconds(fused, arrays, u):.2f} ms fast")
+print(f"float64 unit roundoff: {np.finfo(np.float64).eps / 2:.1e}")
+
+# %% [markdown]
+# **What to see:** the differences are of the order of float64's rounding (compare them with the
+# unit roundoff): the two compute the same function, each summing in its own order. The fast path
+# is quicker (the times vary by machine). To see how a function is computed, read its reference
+# form; each fast function is tested against it, values and gradients, in `tests/test_fast.py`.
 #
 # Next: lesson 2 feeds such gradients to Adam.

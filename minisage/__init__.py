@@ -4,7 +4,8 @@ SAGE (Liang et al., ICLR 2022) gives every parameter entry its own learning rate
 sensitivity ``|theta * grad|``. minisage states it, and everything it needs, in NumPy:
 
 - :mod:`minisage.autograd` -- a small reverse-mode autograd engine (``Tensor``, ``no_grad``);
-- :mod:`minisage.functional` -- softmax, cross_entropy, layer_norm, gelu, ... on the engine;
+- :mod:`minisage.functional` -- softmax, cross_entropy, layer_norm, gelu, attention, ... on the
+  engine, in their reference forms; :mod:`minisage.fast` -- the same functions fused for speed;
 - :mod:`minisage.spec` -- every optimizer rule as a pure NumPy function (the golden reference);
 - :mod:`minisage.optim`, :mod:`minisage.nn` -- stateful optimizers and a small Transformer.
 

@@ -1,8 +1,12 @@
-"""Neural-network functions on the engine, each a primitive with its VJP beside its forward.
+"""Neural-network functions on the engine: the reference forms, written for reading.
 
-Stable forms throughout: softmax, log_softmax and cross_entropy subtract the row maximum
-(log-sum-exp), so logits of +-1000 give finite values and gradients; layer_norm of a constant row
-gives zeros (its variance is 0, ``eps`` keeps the division finite).
+Each function is either a composition of engine operations (layer_norm, attention, linear,
+embedding, masked_fill) or one primitive with its VJP beside its forward. Stable forms throughout:
+softmax, log_softmax and cross_entropy subtract the row maximum (log-sum-exp), so logits of +-1000
+give finite values and gradients; layer_norm of a constant row gives zeros (its variance is 0,
+``eps`` keeps the division finite). float32 in gives float32 out.
+
+:mod:`minisage.fast` holds the same functions fused for speed, each tested against its form here.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from minisage.autograd import Tensor, unbroadcast
 
 __all__ = [
     "gelu", "softmax", "log_softmax", "cross_entropy", "layer_norm", "embedding", "dropout",
-    "where", "masked_fill", "linear", "scaled_dot_product_attention",
+    "where", "masked_fill", "linear", "attention",
 ]
 
 
@@ -24,42 +28,16 @@ def _tensor(x) -> Tensor:
     return x if isinstance(x, Tensor) else Tensor(x)
 
 
-# float32 Phi by Abramowitz & Stegun 7.1.26 (as torch's float32 CPU kernel): for y >= 0,
-# erfc(y) = t (a1 + t (a2 + t (a3 + t (a4 + t a5)))) exp(-y^2), t = 1 / (1 + p y), |error| < 1.5e-7
-_AS = (0.3275911, 0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
-
-
-def _normal_cdf32(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(Phi(z), exp(-z^2 / 2)) of a 1-D float32 array, in ~20 NumPy passes (scipy's erf: 10x)."""
-    f, (p, *a) = z.dtype.type, _AS
-    e = np.exp(z * (z * f(-0.5)))  # exp(-y^2) at y = |z| / sqrt 2
-    t = np.abs(z) * f(p / math.sqrt(2))
-    t += f(1)
-    np.divide(f(1), t, out=t)
-    tail = t * f(a[4] / 2)  # Phi(-|z|) = erfc(y) / 2, by Horner
-    for c in reversed(a[:4]):
-        tail += f(c / 2)
-        tail *= t
-    tail *= e
-    cdf = np.greater(z, 0).astype(z.dtype)  # Phi(z) = |[z > 0] - Phi(-|z|)|
-    cdf -= tail
-    return np.abs(cdf, out=cdf), e
-
-
 def gelu(x: Tensor, approximate: str = "none") -> Tensor:
-    """GELU. ``"none"``: x Phi(x) with the exact normal CDF, scipy.special.ndtr (float64 and other
-    dtypes); for float32, A&S 7.1.26 (|error of Phi| < 1.5e-7, the formula of torch's kernel).
-    ``"tanh"``: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as torch's approximate="tanh"."""
+    """GELU. ``"none"``: x Phi(x) with the exact normal CDF Phi (``scipy.special.ndtr``, which has
+    a float32 loop: float32 stays float32). ``"tanh"``: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715
+    x^3))), as torch's approximate="tanh"."""
     x = _tensor(x)
     z = x.data
     if approximate == "none":
-        # d/dz [z Phi(z)] = Phi(z) + z phi(z), phi(z) = exp(-z^2 / 2) / sqrt(2 pi): in the VJP only
-        if z.dtype == np.float32:  # (on a flat view: in place, 0-d results would be scalars)
-            cdf, e = (a.reshape(z.shape) for a in _normal_cdf32(z.reshape(-1)))
-            pdf = lambda: e * z.dtype.type(1 / math.sqrt(2 * math.pi))
-        else:
-            cdf = ndtr(z)
-            pdf = lambda: np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+        cdf = ndtr(z)
+        # d/dz [z Phi(z)] = Phi(z) + z phi(z), phi(z) = exp(-z^2 / 2) / sqrt(2 pi)
+        pdf = lambda: np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
         return Tensor.make(z * cdf, (x,), lambda g: (g * (cdf + z * pdf()),))
     if approximate == "tanh":
         k = math.sqrt(2 / math.pi)
@@ -68,13 +46,6 @@ def gelu(x: Tensor, approximate: str = "none") -> Tensor:
         slope = 0.5 * (1 + inner) + 0.5 * z * (1 - inner * inner) * k * (1 + 0.134145 * z * z)
         return Tensor.make(0.5 * z * (1 + inner), (x,), lambda g: (g * slope,))
     raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
-
-
-def _sum_last(a: np.ndarray) -> np.ndarray:
-    """``a.sum(axis=-1, keepdims=True)`` as one matrix-vector product (BLAS: several times faster
-    than NumPy's row-wise reduction over short rows; the same sum up to its order)."""
-    rows = np.ascontiguousarray(a).reshape(-1, a.shape[-1])
-    return (rows @ np.ones(a.shape[-1], a.dtype)).reshape(*a.shape[:-1], 1)
 
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
@@ -135,51 +106,28 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int | None = None) -> T
 def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5) -> Tensor:
     """(x - mean) / sqrt(var + eps) * weight + bias over the last axis (biased variance)."""
     x = _tensor(x)
-    n = x.dtype.type(x.shape[-1])
-    xhat = x.data - _sum_last(x.data) / n  # centered, then normalized in place (..., D)
-    rstd = 1 / np.sqrt(_sum_last(xhat * xhat) / n + eps)  # (..., 1)
-    xhat *= rstd
-    w = None if weight is None else weight.data
-    out = xhat.copy() if w is None else xhat * w
-    if bias is not None:
-        out += bias.data
-    parents = tuple(p for p in (x, weight, bias) if p is not None)
-
-    def vjp(g):
-        gxhat = g if w is None else g * w
-        # dx = rstd * (gxhat - mean(gxhat) - xhat * mean(gxhat * xhat))
-        grad_x = gxhat - _sum_last(gxhat) / n
-        grad_x -= xhat * (_sum_last(gxhat * xhat) / n)
-        grad_x *= rstd
-        grads = [grad_x]
-        if weight is not None:
-            grads.append(unbroadcast(g * xhat, weight.shape))
-        if bias is not None:
-            grads.append(unbroadcast(g, bias.shape))
-        return tuple(grads)
-
-    return Tensor.make(out, parents, vjp)
+    n = x.shape[-1]
+    centered = x - x.sum(axis=-1, keepdims=True) / n  # (..., D)
+    variance = (centered * centered).sum(axis=-1, keepdims=True) / n  # (..., 1)
+    xhat = centered / (variance + eps).sqrt()
+    out = xhat if weight is None else xhat * weight
+    return out if bias is None else out + bias
 
 
-def embedding(ids, weight: Tensor) -> Tensor:
-    """Rows of ``weight`` (V, D) picked by integer ``ids`` (...,) -> (..., D).
-    Repeated ids accumulate their gradients."""
+def embedding_ids(ids, weight: Tensor) -> np.ndarray:
+    """``ids`` as an integer array, checked to index the rows of ``weight`` (V, D)."""
     ids = np.asarray(ids.data if isinstance(ids, Tensor) else ids)
     if not np.issubdtype(ids.dtype, np.integer):
         raise TypeError(f"embedding: ids must be integers, got dtype {ids.dtype}")
     if ids.size and (ids.min() < 0 or ids.max() >= weight.shape[0]):
         raise ValueError(f"embedding: ids must lie in [0, {weight.shape[0]})")
+    return ids
 
-    def vjp(g):  # each used row: the sum of its ids' rows (sort the ids, add up runs of equals)
-        order = np.argsort(ids, axis=None, kind="stable")
-        sorted_ids = ids.reshape(-1)[order]
-        starts = np.flatnonzero(np.diff(sorted_ids, prepend=-1))
-        grad, rows = np.zeros_like(weight.data), g.reshape(-1, *weight.shape[1:])[order]
-        if order.size:
-            grad[sorted_ids[starts]] = np.add.reduceat(rows, starts)
-        return (grad,)
 
-    return Tensor.make(weight.data[ids], (weight,), vjp)
+def embedding(ids, weight: Tensor) -> Tensor:
+    """Rows of ``weight`` (V, D) picked by integer ``ids`` (...,) -> (..., D): the indexing
+    ``weight[ids]``, whose VJP adds the gradients of repeated ids (``np.add.at``)."""
+    return _tensor(weight)[embedding_ids(ids, weight)]
 
 
 def dropout(x: Tensor, p: float, training: bool, rng: np.random.Generator | None = None) -> Tensor:
@@ -222,54 +170,30 @@ def masked_fill(x: Tensor, mask, value: float) -> Tensor:
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``x @ weight.T + bias`` over the last axis, as torch's F.linear: x (..., in), weight
-    (out, in), bias (out,). One primitive, one matrix product over all leading axes each way."""
+    (out, in), bias (out,)."""
     x, weight = _tensor(x), _tensor(weight)
-    bias = None if bias is None else _tensor(bias)
+    check_linear(x, weight)
+    out = x @ weight.transpose()  # (..., out)
+    return out if bias is None else out + bias
+
+
+def check_linear(x: Tensor, weight: Tensor) -> None:
+    """A clear error unless x (..., in) and weight (out, in) align."""
     if x.ndim == 0 or weight.ndim != 2 or x.shape[-1] != weight.shape[1]:
         raise ValueError(f"linear: input {x.shape} and weight {weight.shape} do not align")
-    rows = x.data.reshape(-1, x.shape[-1])  # (N, in)
-    y = rows @ weight.data.T  # (N, out)
-    if bias is not None:
-        y += bias.data
-
-    def vjp(g):  # dL/dx = G W, dL/dW = G^T X, dL/db = the sum of G's rows
-        g = g.reshape(y.shape)
-        grad_x = (g @ weight.data).reshape(x.shape) if x.requires_grad else None
-        return (grad_x, g.T @ rows) + (() if bias is None else (unbroadcast(g, bias.shape),))
-
-    out = y.reshape(*x.shape[:-1], y.shape[-1])
-    return Tensor.make(out, (x, weight) if bias is None else (x, weight, bias), vjp)
 
 
-def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
-    """softmax(q k^T / sqrt(d), -inf above the diagonal if ``causal``) v; q, k, v (..., T, d).
-
-    One primitive with the value and VJP of the composition in ``nn.SelfAttention`` (the reference,
-    tested against it and torch), without its graph and copies. Softmax may shift a row by any
-    number: its diagonal score is cheap (NumPy's row maximum over short rows is slow) and keeps the
-    row's sum >= 1; the maximum is used as well where exp would overflow (a score 80 above it).
-    """
+def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, dropout_p: float = 0.0,
+              training: bool = False, rng: np.random.Generator | None = None) -> Tensor:
+    """Scaled dot-product attention, softmax(q k^T / sqrt(d)) v, with q (..., T, d), k (..., S, d),
+    v (..., S, e) -> (..., T, e). ``causal``: query i sees keys j <= i only (-inf scores above the
+    diagonal). Dropout (as :func:`dropout`) applies to the attention weights."""
     q, k, v = _tensor(q), _tensor(k), _tensor(v)
-    scale = q.dtype.type(1 / math.sqrt(q.shape[-1]))
-    w = q.data @ np.swapaxes(k.data, -1, -2)  # scores (..., T, S), then the weights in place
-    w *= scale
-    if causal:  # query i sees keys j <= i
-        w += np.where(np.triu(np.ones(w.shape[-2:], bool), k=1), -np.inf, 0).astype(w.dtype)
-    if w.shape[-2] == w.shape[-1]:  # shift each row by its own (always visible) diagonal score
-        w -= np.diagonal(w, axis1=-2, axis2=-1)[..., None].copy()
-    if w.shape[-2] != w.shape[-1] or w.max() > 80:  # exp would overflow: the row maximum
-        w -= w.max(axis=-1, keepdims=True)
-    np.exp(w, out=w)
-    w /= _sum_last(w)
-
-    def vjp(g):
-        # weights: dW = G V^T; softmax: dS = W * (dW - sum(dW * W)); the scale; the products
-        gw = g @ np.swapaxes(v.data, -1, -2)
-        gs = gw - _sum_last(gw * w)
-        gs *= w
-        gs *= scale
-        return (unbroadcast(gs @ k.data, q.shape),
-                unbroadcast(np.swapaxes(gs, -1, -2) @ q.data, k.shape),
-                unbroadcast(np.swapaxes(w, -1, -2) @ g, v.shape))
-
-    return Tensor.make(w @ v.data, (q, k, v), vjp)
+    T, S = q.shape[-2], k.shape[-2]
+    # scores = q k^T / sqrt(d)   (..., T, S)
+    scores = (q @ k.transpose(*range(k.ndim - 2), k.ndim - 1, k.ndim - 2)) * (
+        1 / math.sqrt(q.shape[-1]))
+    if causal:
+        scores = masked_fill(scores, np.triu(np.ones((T, S), dtype=bool), k=1), -np.inf)
+    weights = dropout(softmax(scores, axis=-1), dropout_p, training, rng)  # (..., T, S)
+    return weights @ v  # (..., T, e)

@@ -194,3 +194,23 @@ def test_embedding_with_repeated_ids(data, seed):
                                elements=st.integers(0, vocab - 1)))
     compare(lambda t: F.embedding(ids, t), lambda t: tF.embedding(torch.from_numpy(ids), t),
             (w,), {}, seed)
+
+
+@given(data=st.data(), seed=SEEDS)
+def test_linear(data, seed):
+    lead = data.draw(shapes(max_dims=2))
+    n_in, n_out = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    arrays_ = (data.draw(arrays((*lead, n_in))), data.draw(arrays((n_out, n_in))),
+               data.draw(arrays((n_out,))))
+    compare(F.linear, tF.linear, arrays_, {}, seed)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@given(data=st.data(), seed=SEEDS)
+def test_attention(causal, data, seed):
+    lead = data.draw(shapes(max_dims=2, max_side=3))
+    t, d = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 4))
+    qkv = tuple(3 * data.draw(arrays((*lead, t, d))) for _ in range(3))
+    compare(lambda q, k, v: F.attention(q, k, v, causal),
+            lambda q, k, v: tF.scaled_dot_product_attention(q, k, v, is_causal=causal),
+            qkv, {}, seed)

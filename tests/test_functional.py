@@ -114,23 +114,30 @@ def masked_fill_inputs(draw):
 
 
 @st.composite
-def attention_inputs(draw):
-    t, d = draw(st.integers(1, MAX_SIDE)), draw(st.integers(1, MAX_SIDE))
-    return tuple(draw(arrays((t, d))) for _ in range(3)), {}
+def attention_inputs(draw, causal):
+    lead = draw(shapes(max_dims=1, max_side=2))
+    t, s, d = (draw(st.integers(1, MAX_SIDE)) for _ in range(3))
+    return tuple(draw(arrays((*lead, n, d))) for n in (t, s, s)), {"causal": causal}
 
 
-def attention(q, k, v):
-    """Causal attention: softmax(mask(q k^T / sqrt d, -inf above the diagonal)) v."""
-    t, d = q.shape
-    scores = F.masked_fill((q @ k.transpose()) * (1 / math.sqrt(d)),
-                           np.triu(np.ones((t, t), bool), 1), -np.inf)
-    return F.softmax(scores, axis=-1) @ v
-
-
-def attention_reference(q, k, v):
-    t, d = q.shape
-    scores = np.where(np.triu(np.ones((t, t), bool), 1), -np.inf, q @ k.T / np.sqrt(d))
+def attention_reference(q, k, v, causal):
+    """softmax(q k^T / sqrt d, -inf above the diagonal if causal) v."""
+    scores = q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1])
+    if causal:
+        scores = np.where(np.triu(np.ones(scores.shape[-2:], bool), 1), -np.inf, scores)
     return softmax(scores, axis=-1) @ v
+
+
+@st.composite
+def linear_inputs(draw, bias):
+    lead = draw(shapes(max_dims=2))
+    n_in, n_out = draw(st.integers(1, MAX_SIDE)), draw(st.integers(1, MAX_SIDE))
+    weights = (draw(arrays((n_out, n_in))),) + ((draw(arrays((n_out,))),) if bias else ())
+    return (draw(arrays((*lead, n_in))),) + weights, {}
+
+
+def linear_reference(x, weight, bias=None):
+    return x @ weight.T if bias is None else x @ weight.T + bias
 
 
 # ----- the table: engine function, NumPy/SciPy reference, input domain ---------------------------
@@ -153,7 +160,10 @@ FUNCTIONAL_OPS = [
        lambda a, b, condition: np.where(condition, a, b), where_inputs()),
     Op("masked_fill", F.masked_fill, lambda x, mask, value: np.where(mask, value, x),
        masked_fill_inputs()),
-    Op("causal_attention", attention, attention_reference, attention_inputs()),
+    Op("linear", F.linear, linear_reference, linear_inputs(bias=False)),
+    Op("linear_bias", F.linear, linear_reference, linear_inputs(bias=True)),
+    Op("attention", F.attention, attention_reference, attention_inputs(causal=False)),
+    Op("causal_attention", F.attention, attention_reference, attention_inputs(causal=True)),
 ]
 
 OPS = pytest.mark.parametrize("op", FUNCTIONAL_OPS, ids=lambda op: op.name)
@@ -353,6 +363,19 @@ def test_dropout_rejects_p_outside_zero_one(p):
 def test_dropout_training_needs_a_generator():
     with pytest.raises(ValueError, match="rng"):
         F.dropout(Tensor(np.ones(3)), 0.5, True)
+
+
+# ----- attention ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_dropout_drops_weights(causal):
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((2, 4, 3)) for _ in range(3))
+    out = F.attention(Tensor(q), Tensor(k), Tensor(v), causal, dropout_p=0.25, training=True,
+                      rng=np.random.default_rng(9)).data
+    keep = np.random.default_rng(9).random((2, 4, 4)) >= 0.25  # the mask F.dropout draws
+    weights = softmax(np.where(np.triu(np.ones((4, 4), bool), 1) & causal, -np.inf,
+                               q @ np.swapaxes(k, -1, -2) / np.sqrt(3)), axis=-1)
+    np.testing.assert_allclose(out, (weights * keep / 0.75) @ v, rtol=1e-13, atol=1e-15)
 
 
 # ----- where / masked_fill -----------------------------------------------------------------------

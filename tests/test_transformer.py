@@ -1,5 +1,7 @@
 """The Transformer: finite-difference gradients of the whole model, state dicts, names, masks."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -17,11 +19,12 @@ def _loss(model, head, causal, ids, targets):
     return F.cross_entropy(model.classify_logits(ids, causal), targets)
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
 @pytest.mark.parametrize("head", ["lm", "classify"])
 @pytest.mark.parametrize("causal", [True, False])
-def test_whole_model_gradient_matches_central_differences(head, causal):
+def test_whole_model_gradient_matches_central_differences(head, causal, fused):
     rng = np.random.default_rng(1)
-    model = Transformer(TINY, seed=3)
+    model = Transformer(replace(TINY, fused=fused), seed=3)
     ids = rng.integers(0, TINY.vocab_size, (3, 5))
     if head == "lm":
         targets = rng.integers(0, TINY.vocab_size, (3, 5))
@@ -53,8 +56,9 @@ def test_whole_model_gradient_matches_central_differences(head, causal):
         assert abs(numeric - analytic) <= 1e-7 * max(1.0, abs(analytic)), name
 
 
-def test_causal_mask_hides_the_future():
-    model = Transformer(TINY, seed=0)
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
+def test_causal_mask_hides_the_future(fused):
+    model = Transformer(replace(TINY, fused=fused), seed=0)
     ids = np.array([[1, 2, 3, 4, 5]])
     changed = ids.copy()
     changed[0, 3:] = [6, 0]
@@ -65,12 +69,13 @@ def test_causal_mask_hides_the_future():
     assert not np.allclose(c.data[0, :3], d.data[0, :3])  # bidirectional: they can
 
 
-def test_same_seed_same_model_and_float32_stays_float32():
-    a, b = Transformer(TINY, seed=5), Transformer(TINY, seed=5)
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
+def test_same_seed_same_model_and_float32_stays_float32(fused):
+    a, b = Transformer(TINY, seed=5), Transformer(replace(TINY, fused=fused), seed=5)
     for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters()):
         assert na == nb
         np.testing.assert_array_equal(pa.data, pb.data)
-    model = Transformer(TransformerConfig(**{**TINY.to_dict(), "dtype": "float32"}), seed=0)
+    model = Transformer(replace(TINY, dtype="float32", fused=fused), seed=0)
     logits = model.lm_logits(np.zeros((2, 3), dtype=int))
     assert logits.dtype == np.float32
     F.cross_entropy(logits, np.zeros((2, 3), dtype=int)).backward()

@@ -19,13 +19,11 @@ Conventions (each pinned by a test):
 from __future__ import annotations
 
 import contextlib
-import math
 import numbers
 
 import numpy as np
 
 _grad_enabled = True
-_BLAS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 @contextlib.contextmanager
@@ -46,13 +44,8 @@ def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """
     if grad.shape == shape:
         return grad
-    # Leading axes that broadcasting added (a bias, say): summed by one vector-matrix product,
-    # several times faster than NumPy's reduction (the same sum, in another order).
-    lead = grad.ndim - len(shape)
-    if grad.shape[lead:] == shape and grad.dtype in _BLAS and grad.flags.c_contiguous:
-        rows = grad.reshape(-1, math.prod(shape))
-        return (np.ones(len(rows), grad.dtype) @ rows).reshape(shape)
-    grad = grad.sum(axis=tuple(range(lead)))
+    # Leading axes that broadcasting added (a bias, say).
+    grad = grad.sum(axis=tuple(range(grad.ndim - len(shape))))
     # Axes where the input had length 1.
     stretched = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
     return grad.sum(axis=stretched, keepdims=True) if stretched else grad

@@ -18,15 +18,19 @@ plain rule elsewhere) selects exactly the attention and feed-forward weights and
 
 Initialization is torch.nn's default for each layer (see ``minisage.nn.layers``). Linear biases are
 drawn non-zero, so SAGE can move them: an exactly-zero entry has zero sensitivity and never moves.
+
+``TransformerConfig(fused=True)`` (the default, for training speed) computes with the fused
+functions of :mod:`minisage.fast`; ``fused=False`` with the reference forms of
+:mod:`minisage.functional`. The two give the same losses and gradients to rounding.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+import minisage.fast as fast
 import minisage.functional as F
 from minisage.autograd import Tensor
 from minisage.nn.layers import Dropout, Embedding, LayerNorm, Linear
@@ -44,6 +48,7 @@ class TransformerConfig:
     causal: bool = True  # False: bidirectional attention (classification, masked LM)
     dropout: float = 0.0
     dtype: str = "float64"
+    fused: bool = True  # minisage.fast (speed) or False: the reference forms of functional
 
     def __post_init__(self):
         for field in ("vocab_size", "max_len", "d_model", "n_layers", "n_heads"):
@@ -73,15 +78,16 @@ class SelfAttention(Module):
     """Multi-head self-attention with separate query, key, value and output projections."""
 
     def __init__(self, config: TransformerConfig, rng: np.random.Generator):
-        d, dtype = config.d_model, config.dtype
+        d, dtype, fused = config.d_model, config.dtype, config.fused
         self.n_heads = config.n_heads
         self.self = Namespace(
-            query=Linear(d, d, rng, dtype=dtype),
-            key=Linear(d, d, rng, dtype=dtype),
-            value=Linear(d, d, rng, dtype=dtype),
+            query=Linear(d, d, rng, dtype=dtype, fused=fused),
+            key=Linear(d, d, rng, dtype=dtype, fused=fused),
+            value=Linear(d, d, rng, dtype=dtype, fused=fused),
         )
-        self.output = Namespace(dense=Linear(d, d, rng, dtype=dtype))
-        self.dropout = Dropout(config.dropout, rng)
+        self.output = Namespace(dense=Linear(d, d, rng, dtype=dtype, fused=fused))
+        self.dropout = Dropout(config.dropout, rng)  # on the attention weights
+        self.attend = fast.attention if fused else F.attention
 
     def forward(self, x: Tensor, causal: bool) -> Tensor:
         B, T, D = x.shape
@@ -91,16 +97,9 @@ class SelfAttention(Module):
             return t.reshape(B, T, H, D // H).transpose(0, 2, 1, 3)
 
         q, k, v = heads(self.self.query(x)), heads(self.self.key(x)), heads(self.self.value(x))
-        if self.dropout.p and self.training:  # dropout on the weights: the composition itself
-            # scores = q k^T / sqrt(d_head)
-            scores = (q @ k.transpose(0, 1, 3, 2)) * (1 / math.sqrt(D // H))  # (B, H, T, T)
-            if causal:
-                future = np.triu(np.ones((T, T), dtype=bool), k=1)  # position i sees j <= i
-                scores = F.masked_fill(scores, future, -np.inf)
-            weights = self.dropout(F.softmax(scores, axis=-1))  # (B, H, T, T)
-            mixed = weights @ v  # (B, H, T, D/H)
-        else:  # the same function as one fused primitive (no dropout to apply)
-            mixed = F.scaled_dot_product_attention(q, k, v, causal)  # (B, H, T, D/H)
+        # softmax(q k^T / sqrt(D/H)) v per head; fused, unless dropout needs the weights
+        mixed = self.attend(q, k, v, causal, self.dropout.p, self.training,
+                            self.dropout.rng)  # (B, H, T, D/H)
         return self.output.dense(mixed.transpose(0, 2, 1, 3).reshape(B, T, D))  # (B, T, D)
 
 
@@ -108,17 +107,18 @@ class Block(Module):
     """x + attention(LN(x)), then x + FFN(LN(x)), with FFN = dense(GELU(dense(x))) of width 4D."""
 
     def __init__(self, config: TransformerConfig, rng: np.random.Generator):
-        d, dtype = config.d_model, config.dtype
-        self.attention_norm = LayerNorm(d, dtype=dtype)
+        d, dtype, fused = config.d_model, config.dtype, config.fused
+        self.attention_norm = LayerNorm(d, dtype=dtype, fused=fused)
         self.attention = SelfAttention(config, rng)
-        self.ffn_norm = LayerNorm(d, dtype=dtype)
-        self.intermediate = Namespace(dense=Linear(d, 4 * d, rng, dtype=dtype))
-        self.output = Namespace(dense=Linear(4 * d, d, rng, dtype=dtype))
+        self.ffn_norm = LayerNorm(d, dtype=dtype, fused=fused)
+        self.intermediate = Namespace(dense=Linear(d, 4 * d, rng, dtype=dtype, fused=fused))
+        self.output = Namespace(dense=Linear(4 * d, d, rng, dtype=dtype, fused=fused))
         self.dropout = Dropout(config.dropout, rng)
+        self.gelu = fast.gelu if fused else F.gelu
 
     def forward(self, x: Tensor, causal: bool) -> Tensor:
         x = x + self.dropout(self.attention(self.attention_norm(x), causal))  # (B, T, D)
-        hidden = F.gelu(self.intermediate.dense(self.ffn_norm(x)))  # (B, T, 4D)
+        hidden = self.gelu(self.intermediate.dense(self.ffn_norm(x)))  # (B, T, 4D)
         return x + self.dropout(self.output.dense(hidden))  # (B, T, D)
 
 
@@ -134,16 +134,16 @@ class Transformer(Module):
         self.config = config
         rng = np.random.default_rng(seed)
         self.rng = rng  # after initialization, it draws the dropout masks (saved in checkpoints)
-        d, dtype = config.d_model, config.dtype
+        d, dtype, fused = config.d_model, config.dtype, config.fused
         self.embeddings = Namespace(
-            word=Embedding(config.vocab_size, d, rng, dtype=dtype),
-            position=Embedding(config.max_len, d, rng, dtype=dtype),
+            word=Embedding(config.vocab_size, d, rng, dtype=dtype, fused=fused),
+            position=Embedding(config.max_len, d, rng, dtype=dtype, fused=fused),
         )
         self.blocks = [Block(config, rng) for _ in range(config.n_layers)]
-        self.final_norm = LayerNorm(d, dtype=dtype)
-        self.lm_head = Linear(d, config.vocab_size, rng, dtype=dtype)
+        self.final_norm = LayerNorm(d, dtype=dtype, fused=fused)
+        self.lm_head = Linear(d, config.vocab_size, rng, dtype=dtype, fused=fused)
         if config.num_classes:
-            self.classifier = Linear(d, config.num_classes, rng, dtype=dtype)
+            self.classifier = Linear(d, config.num_classes, rng, dtype=dtype, fused=fused)
         self.dropout = Dropout(config.dropout, rng)
 
     def forward(self, ids, causal: bool | None = None) -> Tensor:
@@ -154,7 +154,11 @@ class Transformer(Module):
                 f"Transformer: sequence length {T} exceeds max_len {self.config.max_len}"
             )
         causal = self.config.causal if causal is None else causal
-        x = self.embeddings.word(ids) + self.embeddings.position(np.arange(T))  # (B, T, D)
+        word, position = self.embeddings.word, self.embeddings.position
+        if self.config.fused:  # the same sum as one primitive
+            x = fast.token_and_position_embedding(ids, word.weight, position.weight)
+        else:
+            x = word(ids) + position(np.arange(T))  # (B, T, D)
         x = self.dropout(x)
         for block in self.blocks:
             x = block(x, causal)
