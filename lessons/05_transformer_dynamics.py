@@ -12,8 +12,9 @@
 # - the distribution of the multiplier $r = U/\bar I$ over time.
 #
 # Everything comes from `minisage.train.train`, whose `SensitivityRecorder` measures $I$, $\bar I$,
-# $U$ and $r$ identically for both optimizers (the paper's form: $\beta_3 = 0.75$, no bias
-# correction), so the AdamW run shows what SAGE *would* do there, and the SAGE run what it did.
+# $U$ and $r$ with the official AdamW-SAGE rule in both runs (its bias-corrected average
+# $\hat I$, $\epsilon^2$ in the ratio, $\beta_3 = 0.75$), so the AdamW run shows what SAGE
+# *would* do there, and the SAGE run exactly what it did.
 #
 # **Settings, fixed before running** (not tuned to any outcome): the `sort` task, 2 blocks of
 # width 32, batch 32, the same base learning rate `1e-3` for both optimizers with 10% warmup and
@@ -57,7 +58,7 @@ for label, preset in OPTIMIZERS.items():
 # %% [markdown]
 # ## 1. Learning curves
 #
-# Mean over seeds, with a band of plus or minus one standard error; dotted lines are the accuracy
+# Mean over seeds, with a band of the 95% confidence interval; dotted lines are the accuracy
 # on a fixed part of the training split. The final numbers come with 95% confidence intervals
 # (Student t over seeds, `minisage.train.mean_ci`) and Welch's t-test (`welch_p`).
 
@@ -65,7 +66,7 @@ for label, preset in OPTIMIZERS.items():
 path = plots.learning_curves(
     {label: [r.history for r in runs] for label, runs in results.items()},
     FIGURES / "05_learning_curves.png",
-    title=f"sort task, same lr for both, mean over {len(SEEDS)} seeds (band: ±1 s.e.)")
+    title=f"sort task, same lr for both, mean over {len(SEEDS)} seeds (band: 95% CI)")
 show(path)
 finals = {label: {key: [r.final[key] for r in runs] for key in ("val_accuracy", "val_loss")}
           for label, runs in results.items()}
@@ -119,40 +120,41 @@ for label, r in first.items():
 # Comparing the panels shows how SAGE changes that pattern at the level of whole layers; the
 # printed medians summarise each panel's first and last column.
 #
-# ## 3. The distribution of $\bar I$ at three checkpoints
+# ## 3. The distribution of $\hat I$ at three checkpoints
 #
 # All entries of the attention and feed-forward matrices (a random sample of up to 20000),
-# at 10%, 40% and 100% of training, as a histogram of $\log_{10} \bar I$.
+# at 10%, 40% and 100% of training, as a histogram of $\log_{10} \hat I$ (the bias-corrected
+# average, the one in the ratio; after the first few dozen steps it equals $\bar I$).
 
 # %%
 path = plots.distributions(
-    {label: {s: h["sensitivity_ema"] for s, h in r.recorder.histograms.items()}
+    {label: {s: h["sensitivity_ema_hat"] for s, h in r.recorder.histograms.items()}
      for label, r in first.items()},
-    FIGURES / "05_ibar_distribution.png", xlabel="Ibar (nats)",
-    title="Distribution of Ibar over attention/FFN entries (seed 0; log10 axis)")
+    FIGURES / "05_ibar_distribution.png", xlabel="Ihat (nats)",
+    title="Distribution of Ihat over attention/FFN entries (seed 0; log10 axis)")
 show(path)
 for label, r in first.items():
     for step, h in sorted(r.recorder.histograms.items()):
-        q10, q50, q90 = np.quantile(h["sensitivity_ema"], [0.1, 0.5, 0.9])
-        print(f"{label:<24} step {step:>3}: Ibar median {q50:.2e}, 10-90% range spans "
+        q10, q50, q90 = np.quantile(h["sensitivity_ema_hat"], [0.1, 0.5, 0.9])
+        print(f"{label:<24} step {step:>3}: Ihat median {q50:.2e}, 10-90% range spans "
               f"{np.log10(q90 / q10):.1f} decades")
 
 # %% [markdown]
-# **What to see:** $\bar I$ spans several decades, which is why the axis is logarithmic: a few
+# **What to see:** $\hat I$ spans several decades, which is why the axis is logarithmic: a few
 # entries matter a lot and most matter little. The paper's claim is that SAGE, by giving
 # low-sensitivity entries relatively larger steps, makes the sensitivities more uniform — that
 # would show as a narrower SAGE histogram. The printed decade spans measure the width.
 #
 # ## 4. The multiplier's distribution over time
 #
-# The same checkpoints for $r = U / (\bar I + \epsilon)$, on a linear axis (it lies in
-# $[0, \beta_3/(1-\beta_3)] = [0, 3]$ in this form).
+# The same checkpoints for $r = U / (\hat I + \epsilon^2)$, on a linear axis (it lies in
+# $[0, \max(1, (\beta_3 - \beta_3^t)/(1-\beta_3))] \subset [0, 3]$; docs/spec.md section 5).
 
 # %%
 path = plots.distributions(
     {label: {s: h["lr_multiplier"] for s, h in r.recorder.histograms.items()}
      for label, r in first.items()},
-    FIGURES / "05_multiplier_distribution.png", xlabel="multiplier r = U / (Ibar + eps)",
+    FIGURES / "05_multiplier_distribution.png", xlabel="multiplier r = U / (Ihat + eps^2)",
     log=False, value_range=(0, 3),
     title="The SAGE multiplier at three checkpoints (seed 0; measured in both runs)")
 show(path)
@@ -166,10 +168,11 @@ print(f"lesson 5 ran in {time.perf_counter() - started:.1f} s")
 # %% [markdown]
 # **What to see:** most of the mass is below 1, with a thin tail above it (the bound is 3): at
 # the same base learning rate, SAGE slows most entries down and speeds up few. The density drops
-# sharply at exactly 1, and that is arithmetic, not training: when this step's $I$ is below the
-# previous average, $U = \beta_3(\bar I_{\text{prev}} - I) \le \beta_3 \bar I_{\text{prev}}
-# \le \bar I$, so $r \le 1$; only an entry whose sensitivity jumps *up* gets $r > 1$.
+# sharply at exactly 1, and that is arithmetic, not training: once the bias correction has faded
+# ($\hat I \approx \bar I$), when this step's $I$ is below the previous average,
+# $U = \beta_3(\bar I_{\text{prev}} - I) \le \beta_3 \bar I_{\text{prev}} \le \bar I$, so
+# $r \le 1$; only an entry whose sensitivity jumps *up* gets $r > 1$.
 #
 # In the AdamW run the histogram is what SAGE's multiplier *would* have been; in the SAGE run it
-# is what was applied. This is the paper's form of $r$ measured by the recorder; the official
-# optimizer bias-corrects $\bar I$, which only matters in the first few steps (lesson 4).
+# is what was applied (the recorder runs the optimizer's own rule, so it is the same number).
+# Lesson 8 asks what sets $r$.

@@ -1,10 +1,26 @@
-"""``minisage compare``: the main job. Train a task with several optimizers over several seeds and
-compare them honestly: mean +- 95% confidence interval, Welch's t-test, figures of what SAGE does
-to the sensitivities, and a pruning curve.
+"""``minisage compare``: the main job. Several optimizers on one task over several seeds, compared
+fairly, reported with their uncertainty, with figures of what SAGE's multiplier does.
 
-Defaults: the ``finetune`` task (masked-LM pretraining once, then fine-tuning every optimizer and
-seed from the same pretrained weights), ``bert-adamw`` (the official AdamW, the paper's baseline)
-against ``adamw-sage`` (the same code with the SAGE multiplier), both at the same learning rate.
+The protocol (:func:`compare`):
+
+- **Each optimizer at its own settings** (``lr``, and ``beta3`` for SAGE). They come from a
+  tuning record (:func:`tune`: a small grid, scored on the *validation* split of seeds reserved
+  for tuning, ``TUNING_SEEDS``), from the command line, or from the defaults; the summary says
+  which, per optimizer (``selected_by``). The records committed under ``minisage/tuned/`` make the
+  default run fast; ``minisage compare --tune`` re-derives them.
+- **Reported on a test split that selection never saw**, with seeds ``0 .. n-1`` that tuning did
+  not use. A seed fixes its run's training data (for ``finetune``, its labeled set), the
+  initialization and the batch order, and every optimizer gets the same ones: so the table gives
+  the **paired** difference to the baseline (the first optimizer) per seed, with its 95%
+  confidence interval and a paired t-test, beside each optimizer's mean and 95% interval.
+- **The mechanism**: each run's sensitivity recorder (:class:`minisage.train.SensitivityRecorder`)
+  measures, with the SAGE rule, whether the multiplier r follows the sensitivity (r per decile of
+  Ihat, their rank correlation), the effective learning rate, how far entries moved by their
+  starting sensitivity, and how concentrated the sensitivity is at the end; for the baseline
+  these are what SAGE *would* compute on its trajectory, never used by it.
+
+Runs are independent, so they are spread over processes (``processes``); each run is a function
+of its config alone, so the numbers do not depend on how many.
 """
 
 from __future__ import annotations
@@ -12,159 +28,479 @@ from __future__ import annotations
 import csv
 import json
 import math
+import multiprocessing
 import os
+import signal
+import tempfile
 import time
-from dataclasses import asdict, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
-from minisage import plots
+from minisage import plots, runtime, spec
+from minisage.errors import UsageError
 from minisage.tasks import make_task
 from minisage.train import (
     TrainConfig,
+    batch_sensitivity,
+    decile_means,
+    evaluate,
+    lr_schedule,
     mean_ci,
     nan_to_none,
     pretrained_state,
     pruning_curve,
+    sage_matrices,
     train,
-    welch_p,
 )
 
-PRUNE_FRACTIONS = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9)
 DEFAULT_OPTIMIZERS = ("bert-adamw", "adamw-sage")
+#: the seeds that selection (tuning) uses; reports use 0, 1, ... and never these
+TUNING_SEEDS = (1000, 1001, 1002)
+#: the grid searched by --tune: every preset gets the lrs; SAGE presets also the beta3s
+PLAIN_LRS = (3e-4, 1e-3, 3e-3)
+SAGE_LRS = (1e-3, 3e-3, 1e-2)
+SAGE_BETA3S = (0.7, 0.85)
+#: how often a grid whose best lr lies on its edge is extended by a factor 3 beyond it
+MAX_EXTENSIONS = 2
+PRUNE_FRACTIONS = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9)
+TUNED_DIR = Path(__file__).resolve().parent / "tuned"
+#: the protocol fields a tuning record must share with a run for its settings to apply
+SETTINGS_FIELDS = ("optimizer", "lr", "beta3", "seed")
 
 
-def compare(task_name: str = "finetune", optimizers=DEFAULT_OPTIMIZERS, seeds: int = 5,
-            steps: int | None = None, lrs: dict | None = None, out: str | None = None,
-            progress: bool = False, log=print) -> dict:
-    """Run every (optimizer, seed), write metrics and figures into ``out``; returns the summary."""
-    base = TrainConfig(task=task_name)
-    if steps is not None:
-        base = replace(base, steps=steps)
-    # five evaluations per run: the curves need no more, and evaluation costs as much as training
-    base = replace(base, eval_every=max(1, base.steps // 5))
-    out = out or os.path.join("runs", f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.makedirs(out, exist_ok=True)
-    task = make_task(task_name)
-    started = time.perf_counter()
-    init_state = None
-    if task.pretrain is not None:
-        tick = time.perf_counter()
-        init_state = pretrained_state(base, task, progress=progress)
-        log(f"pretrained on {task.pretrain.description} in {time.perf_counter() - tick:.1f} s")
+def default_config(task: str = "finetune", **overrides) -> TrainConfig:
+    """compare's protocol for ``task``: 600 steps of batch 32 (linear warm-up over 10%, then
+    decay), the default model (width 32, 2 blocks, 4 heads), float32 (the engine is exact in
+    float64 too, and float32 is twice as fast), evaluated every 20 steps on 256 rows (the
+    curves), the sensitivity recorder every 20 steps. ``overrides``: any TrainConfig field."""
+    config = TrainConfig(task=task, steps=600, dtype="float32", eval_rows=256)
+    config = replace(config, **overrides)
+    every = max(1, config.steps // 30)
+    return replace(config, eval_every=overrides.get("eval_every", every),
+                   record_every=overrides.get("record_every", every))
 
-    runs = {name: [] for name in optimizers}
+
+def protocol_of(config: TrainConfig) -> dict:
+    """The fields of a config that tuning and reporting must share (all but the settings)."""
+    return {k: v for k, v in asdict(config).items() if k not in SETTINGS_FIELDS}
+
+
+# ----- one run -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Job:
+    """One training run to do: ``config`` (its optimizer, settings and seed), whether to report
+    on the test split, and the pretrained weights to start from (None: none)."""
+
+    config: TrainConfig
+    report: bool
+    init_state: dict | None = None
+
+
+def run_job(job: Job) -> dict:
+    """Train ``job.config`` and measure it; a plain dict (it crosses process boundaries).
+
+    Always: the metrics history and the final metrics on the whole validation split and the
+    first ``TRAIN_ROWS`` training rows. For a report (``job.report``) also: the test split,
+    the mechanism measurements of the recorder, the pruning curves, how far entries moved per
+    decile of their starting sensitivity, and how concentrated the sensitivity is at the end.
+    """
+    config = job.config
+    task = make_task(config.task, seed=config.seed, n_train=config.labels)
+    tick = time.perf_counter()
+    result = train(config, task, init_state=job.init_state)
+    model = result.model
+    record = {"optimizer": config.optimizer, "seed": config.seed, "lr": config.lr,
+              "beta3": config.beta3, "history": result.history,
+              "steps_per_second": result.steps_per_second,
+              "val": evaluate(model, task, task.val),
+              "train": evaluate(model, task, task.train.head(TRAIN_ROWS))}
+    if job.report:
+        record["test"] = evaluate(model, task, task.test)
+        recorder = result.recorder
+        lr_at = lr_schedule(config)
+        record["mechanism"] = [{**m, "lr": lr_at(m["step"]),
+                                "effective_lr": lr_at(m["step"]) * (
+                                    m["r_median"] if spec.rule_class(config.optimizer).sage
+                                    else 1.0)}
+                               for m in recorder.mechanism]
+        record["layers"] = recorder.rows
+        record["histograms"] = {s: {k: v.tolist() for k, v in h.items()}
+                                for s, h in recorder.histograms.items()}
+        record["movement"] = movement_by_sensitivity(recorder, model)
+        record["concentration"] = concentration(batch_sensitivity(model, task))
+        record["pruning"] = [row for criterion in ("sensitivity", "magnitude")
+                             for row in pruning_curve(model, task, PRUNE_FRACTIONS, criterion)]
+    record["seconds"] = time.perf_counter() - tick
+    return record
+
+
+TRAIN_ROWS = 1024  # training rows measured for the final training accuracy
+
+
+def movement_by_sensitivity(recorder, model) -> list[float]:
+    """Mean |theta_end - theta_start| of the SAGE matrices' entries in each decile of their
+    sensitivity I at the first step (deciles by rank over all watched entries)."""
+    start = np.concatenate([recorder.first_sensitivity[n].ravel() for n, _ in
+                            sage_matrices(model)])
+    moved = np.concatenate([np.abs(p.data - recorder.initial[n]).ravel()
+                            for n, p in sage_matrices(model)])
+    return decile_means(start, moved)
+
+
+def concentration(sensitivities: dict[str, np.ndarray]) -> dict[str, float]:
+    """How the sensitivity I of the SAGE matrices is spread: the share of entries below a tenth
+    of the median (redundant entries), and the share of the total held by the top 10%."""
+    values = np.sort(np.concatenate([s.ravel() for s in sensitivities.values()]))
+    top = values[int(round(0.9 * values.size)):]
+    return {"share_below_tenth_of_median": float(np.mean(values < 0.1 * np.median(values))),
+            "top10_share_of_total": float(top.sum() / values.sum()) if values.sum() else 0.0}
+
+
+# ----- running many runs ---------------------------------------------------------------------
+def _worker_setup() -> None:
+    # The parent handles Ctrl-C; workers get the same tuning as the command line.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    runtime.tune_process(threads=1)
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def run_jobs(jobs: Sequence[Job], processes: int = 1,
+             on_done: Callable[[dict], None] | None = None) -> tuple[list[dict], bool]:
+    """Run ``jobs`` (in ``processes`` worker processes when more than one); returns the records
+    in the order of ``jobs`` that finished, and whether all did. Ctrl-C stops at once, keeps the
+    finished runs, and returns ``complete=False``."""
+    records: dict[int, dict] = {}
+    try:
+        if processes <= 1 or len(jobs) <= 1:
+            for i, job in enumerate(jobs):
+                records[i] = run_job(job)
+                if on_done:
+                    on_done(records[i])
+        else:
+            context = multiprocessing.get_context("spawn")  # no forked BLAS or matplotlib state
+            with context.Pool(min(processes, len(jobs)), initializer=_worker_setup) as pool:
+                indexed = pool.imap_unordered(_run_indexed, list(enumerate(jobs)))
+                for i, record in indexed:
+                    records[i] = record
+                    if on_done:
+                        on_done(record)
+    except KeyboardInterrupt:
+        return [records[i] for i in sorted(records)], False
+    return [records[i] for i in sorted(records)], True
+
+
+def _run_indexed(item):
+    i, job = item
+    return i, run_job(job)
+
+
+# ----- settings: tuning and where they come from -------------------------------------------------
+def grid_for(preset: str) -> list[dict]:
+    """The starting grid of ``preset``: lrs, and for SAGE presets lr x beta3."""
+    if spec.rule_class(preset).sage:
+        return [{"lr": lr, "beta3": b3} for lr in SAGE_LRS for b3 in SAGE_BETA3S]
+    return [{"lr": lr} for lr in PLAIN_LRS]
+
+
+def tune(base: TrainConfig, optimizers: Sequence[str], init_state: dict | None = None,
+         seeds: Sequence[int] = TUNING_SEEDS, processes: int = 1, progress=None,
+         log=print) -> dict:
+    """Select each optimizer's settings by mean final *validation* accuracy over ``seeds``.
+
+    Starts from :func:`grid_for` and, where the best lr lies on the edge of its grid, extends
+    the grid by a factor 3 beyond it (up to ``MAX_EXTENSIONS`` times). The test split is never
+    evaluated. Returns the tuning record: the protocol, the seeds, every point with its scores,
+    and the selected settings.
+    """
+    points = {name: grid_for(name) for name in optimizers}
+    scores: dict[str, list[dict]] = {name: [] for name in optimizers}
+    for _ in range(MAX_EXTENSIONS + 1):
+        todo = [(name, point) for name in optimizers for point in points[name]
+                if not any(_same(point, s) for s in scores[name])]
+        if not todo:
+            break
+        jobs = [Job(replace(base, optimizer=name, seed=seed, **point), report=False,
+                    init_state=init_state)
+                for name, point in todo for seed in seeds]
+        log(f"tuning: {len(jobs)} runs ({len(todo)} settings x {len(seeds)} seeds)")
+        records, complete = run_jobs(jobs, processes, progress)
+        if not complete:
+            raise KeyboardInterrupt("tuning interrupted; nothing selected")
+        for name, point in todo:
+            mine = [r for r in records if r["optimizer"] == name and _same(point, r)]
+            accuracy = [r["val"]["accuracy"] for r in mine]
+            scores[name].append({**point, "val_accuracy": float(np.mean(accuracy)),
+                                 "val_loss": float(np.mean([r["val"]["loss"] for r in mine])),
+                                 "val_accuracy_per_seed": accuracy})
+        for name in optimizers:
+            points[name] = _extend(scores[name])
+    selected = {name: _best(scores[name]) for name in optimizers}
+    return {"task": base.task, "protocol": protocol_of(base), "seeds": list(seeds),
+            "metric": "mean final validation accuracy over the tuning seeds (ties: lower "
+                      "validation loss)",
+            "scores": scores, "selected": selected}
+
+
+def _same(point: dict, other: dict) -> bool:
+    return all(math.isclose(point[k], other[k]) for k in point)
+
+
+def _best(scored: list[dict]) -> dict:
+    best = max(scored, key=lambda s: (s["val_accuracy"], -s["val_loss"]))
+    return {k: best[k] for k in ("lr", "beta3") if k in best}
+
+
+def _extend(scored: list[dict]) -> list[dict]:
+    """The grid points to add: beyond the best lr, by a factor 3, where it lies on the edge."""
+    best = _best(scored)
+    lrs = sorted({s["lr"] for s in scored})
+    if best["lr"] == lrs[0]:
+        new_lr = lrs[0] / 3
+    elif best["lr"] == lrs[-1]:
+        new_lr = lrs[-1] * 3
+    else:
+        return []
+    others = {k: v for k, v in best.items() if k != "lr"}
+    return [{"lr": new_lr, **others}]
+
+
+def record_path(task: str) -> Path:
+    """Where the committed tuning record of ``task`` lives."""
+    return TUNED_DIR / f"{task}.json"
+
+
+def load_record(path: str | Path) -> dict:
+    """A tuning record (JSON written by :func:`tune`); UsageError naming the file if it is not."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{path}: not a tuning record (invalid JSON: {err})") from None
+    if not isinstance(record, dict) or not {"protocol", "selected", "seeds"} <= set(record):
+        raise UsageError(f"{path}: not a tuning record (needs protocol, selected and seeds)")
+    return record
+
+
+def choose_settings(base: TrainConfig, optimizers: Sequence[str], given: dict[str, dict],
+                    record: dict | None, record_name: str) -> dict[str, dict]:
+    """Each optimizer's settings and where they came from: ``given`` on the command line (per
+    optimizer: lr and/or beta3), else the tuning ``record`` when its protocol is this run's,
+    else the defaults (lr from ``base``, beta3 0.75) -- said plainly."""
+    protocol_matches = record is not None and record["protocol"] == protocol_of(base)
+    settings = {}
     for name in optimizers:
-        for seed in range(seeds):
-            config = replace(base, optimizer=name, seed=seed, lr=(lrs or {}).get(name, base.lr))
-            result = train(config, task, init_state=init_state, progress=progress,
-                           label=f"{name} s{seed}")
-            curve = []
-            for criterion in ("sensitivity", "magnitude"):
-                curve += pruning_curve(result.model, task, PRUNE_FRACTIONS, criterion)
-            runs[name].append({"result": result, "pruning": curve})
+        sage = spec.rule_class(name).sage
+        point = {"lr": base.lr, **({"beta3": base.beta3} if sage else {})}
+        if protocol_matches and name in record["selected"]:
+            point.update(record["selected"][name])
+            source = (f"tuning record {record_name} (grid on the validation split of seeds "
+                      f"{record['seeds']})")
+        elif record is not None and not protocol_matches:
+            source = (f"default (the tuning record {record_name} is for another protocol; run "
+                      "--tune)")
+        else:
+            source = "default (no tuning record for this task; run --tune)"
+        if name in given:
+            point.update(given[name])
+            source = "given on the command line"
+        settings[name] = {**point, "selected_by": source}
+    return settings
 
-    summary = summarize(task, base, runs)
+
+# ----- the comparison ----------------------------------------------------------------------------
+def compare(base: TrainConfig, optimizers: Sequence[str] = DEFAULT_OPTIMIZERS, seeds: int = 5,
+            settings: dict[str, dict] | None = None, out: str | Path | None = None,
+            processes: int = 1, progress=None, log=print, init_state: dict | None = None
+            ) -> dict:
+    """Run every optimizer (at its ``settings``: lr, beta3, selected_by) on seeds 0..seeds-1,
+    report on the test split, write tables and figures into ``out``; returns the summary.
+
+    ``base``: the protocol (see :func:`default_config`). The first optimizer is the baseline of
+    the paired differences. ``progress(record)`` is called as each run finishes.
+    ``init_state``: the pretrained weights, for a task with pretraining (default: pretrain now,
+    see :func:`pretrained_weights`). Ctrl-C keeps
+    the finished runs: the summary is then marked ``"partial": true`` and covers the seeds that
+    every optimizer finished.
+    """
+    if not optimizers:
+        raise UsageError("compare: give at least one optimizer")
+    settings = settings or choose_settings(base, optimizers, {}, None, "")
+    out = prepare_output(out)
+    started = time.perf_counter()
+    task = make_task(base.task, seed=0, n_train=base.labels)
+    if init_state is None:
+        init_state = pretrained_weights(base, log)
+    jobs = [Job(replace(base, optimizer=name, seed=seed,
+                        **{k: v for k, v in settings[name].items() if k in ("lr", "beta3")}),
+                report=True, init_state=init_state)
+            for seed in range(seeds) for name in optimizers]
+    records, complete = run_jobs(jobs, processes, progress)
+    summary = summarize(task, base, optimizers, settings, records, complete)
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    write_outputs(out, task, runs, summary)
+    summary["processes"] = processes
+    write_outputs(out, summary, records)
     log(format_table(summary))
     log(f"\nwrote metrics and figures to {out}")
+    if not complete:
+        raise KeyboardInterrupt(f"stopped early: wrote the {len(records)} finished runs and a "
+                                f"partial summary to {out}")
     return summary
 
 
-def summarize(task, base: TrainConfig, runs: dict) -> dict:
-    baseline = next(iter(runs))
+def pretrained_weights(base: TrainConfig, log=print) -> dict | None:
+    """The weights every run of ``base.task`` starts from (None: the task has no pretraining)."""
+    task = make_task(base.task, seed=0, n_train=base.labels)
+    if task.pretrain is None:
+        return None
+    tick = time.perf_counter()
+    state = pretrained_state(base, task)
+    log(f"pretrained on {task.pretrain.description} in {time.perf_counter() - tick:.1f} s")
+    return state
+
+
+def prepare_output(out: str | Path | None) -> Path:
+    """The output folder, created and checked writable now, before any training."""
+    out = Path(out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=out):  # PermissionError (an OSError) names the folder
+        pass
+    return out
+
+
+def paired(base_values: Sequence[float], other_values: Sequence[float]) -> dict:
+    """The paired difference other - base over seeds: mean, 95% CI half-width (Student t), the
+    per-seed differences and the two-sided paired t-test p (nan for fewer than two seeds)."""
+    d = np.asarray(other_values, float) - np.asarray(base_values, float)
+    mean, half = mean_ci(d)
+    p = float(stats.ttest_rel(other_values, base_values).pvalue) if len(d) > 1 and np.ptp(
+        d) > 0 else float("nan")
+    return {"mean": mean, "ci95": half, "per_seed": d.tolist(), "p_paired_t": p}
+
+
+def summarize(task, base: TrainConfig, optimizers: Sequence[str], settings: dict,
+              records: Iterable[dict], complete: bool = True) -> dict:
+    """The summary of the report runs: per optimizer its settings and where they came from, and
+    the test metrics (mean, 95% CI, per seed) over the seeds every optimizer finished; the
+    paired differences to the baseline (the first optimizer)."""
+    by = {(r["optimizer"], r["seed"]): r for r in records}
+    seeds = sorted({s for (_, s) in by if all((n, s) in by for n in optimizers)})
     rows = {}
-    for name, results in runs.items():
-        finals = [r["result"].final for r in results]
-        row = {"lr": results[0]["result"].config.lr, "seeds": len(results)}
-        for key in ("val_accuracy", "val_loss", "gap"):
-            values = [f[key] for f in finals]
-            row[key], row[f"{key}_ci95"] = mean_ci(values)
-            row[f"{key}_per_seed"] = values
-        row["steps_per_second"] = float(np.mean([r["result"].steps_per_second for r in results]))
+    for name in optimizers:
+        runs = [by[(name, s)] for s in seeds]
+        row = {"lr": settings[name]["lr"], "beta3": settings[name].get("beta3"),
+               "selected_by": settings[name]["selected_by"], "seeds": seeds}
+        metrics = {"test_accuracy": [r["test"]["accuracy"] for r in runs],
+                   "test_loss": [r["test"]["loss"] for r in runs],
+                   "train_accuracy": [r["train"]["accuracy"] for r in runs],
+                   "gap": [r["train"]["accuracy"] - r["test"]["accuracy"] for r in runs]}
+        for key, values in metrics.items():
+            mean, half = mean_ci(values) if values else (float("nan"), float("nan"))
+            row[key] = {"mean": mean, "ci95": half, "per_seed": values}
+        row["steps_per_second"] = (float(np.mean([r["steps_per_second"] for r in runs]))
+                                   if runs else float("nan"))
         rows[name] = row
-    for name, row in rows.items():
-        for key in ("val_accuracy", "val_loss"):
-            row[f"{key}_p_vs_{baseline}"] = (
-                welch_p(rows[baseline][f"{key}_per_seed"], row[f"{key}_per_seed"])
-                if name != baseline else float("nan"))
-    return {"task": task.name, "description": task.description, "baseline": baseline,
-            "config": asdict(base), "optimizers": rows}
+    baseline = optimizers[0]
+    comparisons = {}
+    for name in optimizers[1:]:
+        if seeds:
+            comparisons[name] = {key: paired(rows[baseline][key]["per_seed"],
+                                             rows[name][key]["per_seed"])
+                                 for key in ("test_accuracy", "test_loss", "gap")}
+    return {"task": task.name, "description": task.description,
+            "bayes_accuracy": task.bayes_accuracy, "test_rows": len(task.test),
+            "baseline": baseline, "partial": not complete, "config": protocol_of(base),
+            "optimizers": rows, "paired": comparisons}
 
 
-def format_table(summary: dict) -> str:
-    baseline = summary["baseline"]
-    header = (f"{'optimizer':<14} {'lr':>8} {'val accuracy':>18} {'val loss':>18} "
-              f"{'p (acc)':>8} {'p (loss)':>8} {'steps/s':>8}")
-    lines = [f"task {summary['task']}: {summary['description']}",
-             f"mean +- 95% CI over {next(iter(summary['optimizers'].values()))['seeds']} seeds; "
-             f"p: Welch's t-test against {baseline}", header, "-" * len(header)]
-    def cell(row, key):
-        return f"{row[key]:.4f} +- {row[key + '_ci95']:.4f}"
-
-    for name, row in summary["optimizers"].items():
-        p_acc, p_loss = row[f"val_accuracy_p_vs_{baseline}"], row[f"val_loss_p_vs_{baseline}"]
-        lines.append(f"{name:<14} {row['lr']:>8.1e} {cell(row, 'val_accuracy'):>18} "
-                     f"{cell(row, 'val_loss'):>18} {_p(p_acc):>8} {_p(p_loss):>8} "
-                     f"{row['steps_per_second']:>8.1f}")
-    return "\n".join(lines)
+def _ci(value: float, half: float, digits: int = 4) -> str:
+    if math.isnan(half):
+        return f"{value:.{digits}f} (CI n/a)"
+    return f"{value:.{digits}f} +- {half:.{digits}f}"
 
 
 def _p(value: float) -> str:
-    return "-" if math.isnan(value) else f"{value:.3f}"
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
 
 
-def write_outputs(out: str, task, runs: dict, summary: dict) -> list[str]:
-    with open(os.path.join(out, "summary.json"), "w") as f:  # strict JSON: nan -> null
+def format_table(summary: dict) -> str:
+    """The human-readable report of :func:`summarize`'s result."""
+    opt = summary["optimizers"]
+    seeds = next(iter(opt.values()))["seeds"]
+    bayes = summary["bayes_accuracy"]
+    lines = [f"task {summary['task']}: {summary['description']}"
+             + (f"; Bayes-optimal accuracy {bayes:.3f}" if bayes is not None else ""),
+             f"{len(seeds)} seed(s) {seeds}, each with its own training data, initialization "
+             f"and batch order, shared by every optimizer; {summary['test_rows']} test rows "
+             "that selection never saw; mean +- 95% CI over seeds"
+             + (" (PARTIAL: interrupted)" if summary["partial"] else ""),
+             ""]
+    header = (f"{'optimizer':<12} {'lr':>7} {'beta3':>5} {'test accuracy':>22} "
+              f"{'test loss':>22} {'train acc':>9} {'gap':>22}")
+    lines += [header, "-" * len(header)]
+    for name, row in opt.items():
+        beta3 = f"{row['beta3']:.2f}" if row["beta3"] is not None else "-"
+        lines.append(f"{name:<12} {row['lr']:>7.1e} {beta3:>5} "
+                     f"{_ci(row['test_accuracy']['mean'], row['test_accuracy']['ci95']):>22} "
+                     f"{_ci(row['test_loss']['mean'], row['test_loss']['ci95']):>22} "
+                     f"{row['train_accuracy']['mean']:>9.4f} "
+                     f"{_ci(row['gap']['mean'], row['gap']['ci95']):>22}")
+    for name, diff in summary["paired"].items():
+        lines.append("")
+        lines.append(f"paired difference {name} - {summary['baseline']} (per seed, 95% CI, "
+                     "paired t-test):")
+        for key, label in (("test_accuracy", "test accuracy"), ("test_loss", "test loss"),
+                           ("gap", "gap")):
+            d = diff[key]
+            lines.append(f"  {label:<14} {_ci(d['mean'], d['ci95']):>24}   "
+                         f"p = {_p(d['p_paired_t'])}")
+    lines.append("")
+    lines.append("settings:")
+    for name, row in opt.items():
+        lines.append(f"  {name}: {row['selected_by']}")
+    return "\n".join(lines)
+
+
+def write_outputs(out: Path, summary: dict, records: list[dict]) -> list[str]:
+    """summary.json (strict JSON), metrics.csv, mechanism.csv, pruning.csv, layers.csv and the
+    figures; returns the figure paths."""
+    with open(out / "summary.json", "w") as f:
         json.dump(nan_to_none(summary), f, indent=2, allow_nan=False)
-    _write_rows(os.path.join(out, "metrics.csv"), [
-        {"optimizer": name, "seed": seed, **row}
-        for name, results in runs.items() for seed, r in enumerate(results)
-        for row in r["result"].history
-    ])
-    _write_rows(os.path.join(out, "pruning.csv"), [
-        {"optimizer": name, "seed": seed, **row}
-        for name, results in runs.items() for seed, r in enumerate(results) for row in r["pruning"]
-    ])
-    _write_rows(os.path.join(out, "sensitivity.csv"), [
-        {"optimizer": name, "seed": seed, **row}
-        for name, results in runs.items() for seed, r in enumerate(results)
-        if r["result"].recorder is not None for row in r["result"].recorder.rows
-    ])
-    first_seed = {name: results[0]["result"] for name, results in runs.items()}
-    recorded = {n: r.recorder for n, r in first_seed.items() if r.recorder is not None}
-    figures = [
-        plots.learning_curves({n: [r["result"].history for r in rs] for n, rs in runs.items()},
-                              os.path.join(out, "learning_curves.png"),
-                              title=f"{task.name}: mean over seeds, band = +-1 s.e."),
-        plots.pruning({n: [r["pruning"] for r in rs] for n, rs in runs.items()},
-                      os.path.join(out, "pruning.png")),
-    ]
-    if recorded:
-        figures += [
-            plots.sensitivity_heatmap(
-                {n: rec.rows for n, rec in recorded.items()},
-                os.path.join(out, "sensitivity_over_time.png"),
-                title="Smoothed sensitivity Ibar of each attention/FFN matrix (seed 0)"),
-            plots.distributions(
-                {n: {s: h["sensitivity_ema"] for s, h in rec.histograms.items()}
-                 for n, rec in recorded.items()},
-                os.path.join(out, "sensitivity_distribution.png"), xlabel="Ibar",
-                title="Distribution of Ibar over attention/FFN entries (seed 0)"),
-            plots.distributions(
-                {n: {s: h["lr_multiplier"] for s, h in rec.histograms.items()}
-                 for n, rec in recorded.items()},
-                os.path.join(out, "multiplier_distribution.png"), xlabel="r = U / (Ibar + eps)",
-                log=False, value_range=(0, 3),
-                title="The SAGE multiplier r = U / Ibar, paper form: in [0, b3/(1-b3)] (seed 0)"),
-        ]
-    return figures
+    _write_rows(out / "metrics.csv", [{"optimizer": r["optimizer"], "seed": r["seed"], **row}
+                                      for r in records for row in r["history"]])
+    _write_rows(out / "mechanism.csv", [
+        {"optimizer": r["optimizer"], "seed": r["seed"],
+         **{k: v for k, v in m.items() if k != "r_by_decile"},
+         **{f"r_decile_{i + 1}": v for i, v in enumerate(m["r_by_decile"])}}
+        for r in records for m in r["mechanism"]])
+    _write_rows(out / "pruning.csv", [{"optimizer": r["optimizer"], "seed": r["seed"], **row}
+                                      for r in records for row in r["pruning"]])
+    _write_rows(out / "layers.csv", [{"optimizer": r["optimizer"], "seed": r["seed"], **row}
+                                     for r in records for row in r["layers"]])
+    if not records:
+        return []
+    return plots.compare_figures(out, summary, records)
 
 
-def _write_rows(path: str, rows: list[dict]) -> None:
+def _write_rows(path: Path, rows: list[dict]) -> None:
     with open(path, "w", newline="") as f:
         if rows:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
+
+
+def config_fields() -> tuple[str, ...]:
+    """The TrainConfig fields a caller may set for a comparison."""
+    return tuple(f.name for f in fields(TrainConfig) if f.name not in SETTINGS_FIELDS)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 
 from minisage import __version__, runtime
 from minisage.cli import bench, compare, crosscheck, golden, train
@@ -45,6 +46,10 @@ USAGE, FAILURE, INTERRUPTED = 2, 1, 130
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each option's default after its help text, unless there is none to show (None, or
     False for a flag) or the help text already states it."""
+
+    def _split_lines(self, text, width):
+        # never break a word at a hyphen: preset names such as adamw-sage stay whole
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
     def _get_help_string(self, action):
         help_text = action.help or ""

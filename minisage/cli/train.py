@@ -37,7 +37,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="the toy task (minisage.tasks)")
     parser.add_argument("--optimizer", default=defaults.optimizer, metavar="PRESET",
                         help=f"a spec preset: {', '.join(spec.presets())}")
+    parser.add_argument("--labels", type=int, default=defaults.labels, metavar="N",
+                        help="size of the training split (finetune: labeled walks; default: "
+                             "the task's own, 2048 for finetune)")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="base learning rate")
+    parser.add_argument("--beta3", type=float, default=defaults.beta3,
+                        help="SAGE's sensitivity average (SAGE presets; the recorder of others)")
     parser.add_argument("--steps", type=int, default=defaults.steps, help="training steps")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
                         help="rows per training batch")
@@ -47,6 +52,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="global gradient-norm clipping (0: off)")
     parser.add_argument("--schedule", default=defaults.schedule, choices=SCHEDULES,
                         help="learning-rate schedule (linear and cosine warm up first)")
+    parser.add_argument("--warmup", type=float, default=defaults.warmup,
+                        help="warm-up of the linear and cosine schedules, a fraction of --steps")
+    parser.add_argument("--d-model", type=int, default=defaults.d_model,
+                        help="width of the Transformer")
+    parser.add_argument("--n-layers", type=int, default=defaults.n_layers,
+                        help="number of Transformer blocks")
+    parser.add_argument("--n-heads", type=int, default=defaults.n_heads,
+                        help="attention heads per block (must divide --d-model)")
     parser.add_argument("--seed", type=int, default=defaults.seed,
                         help="seed of the initialization and the batch order")
     parser.add_argument("--dtype", default=defaults.dtype, choices=DTYPES,

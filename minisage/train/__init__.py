@@ -26,7 +26,6 @@ from minisage.train.checkpoint import Checkpoint
 from minisage.train.config import TrainConfig
 from minisage.train.interrupt import TrainingInterrupted, deferred_interrupt
 from minisage.train.loop import (
-    TRAIN_PROBE,
     RunResult,
     batch_for_step,
     build_optimizer,
@@ -42,14 +41,18 @@ from minisage.train.loop import (
 from minisage.train.recorder import (
     QUANTILES,
     SensitivityRecorder,
+    decile_means,
     is_sage_matrix,
     sage_matrices,
+    shadow_preset,
+    shadow_rule,
 )
 
 __all__ = [
     "TrainConfig", "train", "RunResult", "evaluate", "loss_and_logits", "batch_for_step",
-    "lr_schedule", "build_optimizer", "pretrained_state", "TRAIN_PROBE", "SensitivityRecorder",
-    "QUANTILES", "is_sage_matrix", "sage_matrices", "batch_sensitivity", "pruning_curve",
+    "lr_schedule", "build_optimizer", "pretrained_state", "SensitivityRecorder",
+    "QUANTILES", "is_sage_matrix", "sage_matrices", "shadow_preset", "shadow_rule",
+    "decile_means", "batch_sensitivity", "pruning_curve",
     "mean_ci", "welch_p", "nan_to_none", "checkpoint", "Checkpoint", "save_checkpoint",
     "restore_checkpoint", "config_of", "TrainingInterrupted", "deferred_interrupt",
 ]

@@ -16,8 +16,11 @@ class TrainConfig:
     """Everything that determines a run; the same config gives the same numbers."""
 
     task: str = "finetune"
+    labels: int | None = None  # size of the training split (finetune: labeled walks); None: the
+    #                            task's default (minisage.tasks)
     optimizer: str = "bert-adamw"  # any spec preset name
     lr: float = 1e-3
+    beta3: float = 0.75  # SAGE's sensitivity EMA (SAGE presets; the recorder of the others)
     steps: int = 200
     batch_size: int = 32
     weight_decay: float = 0.01
@@ -25,9 +28,9 @@ class TrainConfig:
     schedule: str = "linear"  # constant | linear (warmup then linear decay) | cosine
     warmup: float = 0.1  # fraction of the steps
     eval_every: int = 25
+    eval_rows: int = 1024  # rows of the training and validation splits each evaluation uses
     record_every: int = 10  # sensitivity recorder; 0 turns it off
-    beta3: float = 0.75  # the recorder's (and SAGE's) sensitivity EMA
-    seed: int = 0
+    seed: int = 0  # the training data, the initialization and the batch order
     d_model: int = 32
     n_layers: int = 2
     n_heads: int = 4

@@ -24,13 +24,11 @@ from minisage.autograd import no_grad
 from minisage.errors import CheckpointError
 from minisage.nn import Transformer
 from minisage.spec.split import SAGE_PATTERNS
-from minisage.tasks import IGNORE, Split, Task, make_task
+from minisage.tasks import IGNORE, Task, make_task
 from minisage.train import checkpoint as ckpt
 from minisage.train.config import TrainConfig
 from minisage.train.interrupt import TrainingInterrupted, deferred_interrupt
-from minisage.train.recorder import SensitivityRecorder
-
-TRAIN_PROBE = 1024  # rows of the train split evaluated for the training accuracy
+from minisage.train.recorder import SensitivityRecorder, shadow_rule
 
 
 # ----- loss and evaluation ---------------------------------------------------------------------
@@ -93,15 +91,18 @@ def build_optimizer(model: Transformer, config: TrainConfig, lr: float | None = 
     whose names contain one of ``sage_patterns`` -- by default the official split
     (``SAGE_PATTERNS``: attention and feed-forward weights and biases) for a SAGE preset, none for
     a plain one; ``("",)`` matches every name -- and the plain rule elsewhere. Weight decay
-    ``config.weight_decay`` applies to every parameter except biases and LayerNorms. Other
-    hyperparameters keep the preset's defaults; ``lr`` defaults to ``config.lr``.
+    ``config.weight_decay`` applies to every parameter except biases and LayerNorms; a SAGE
+    preset gets ``config.beta3``. Other hyperparameters keep the preset's defaults; ``lr``
+    defaults to ``config.lr``.
     """
     lr = config.lr if lr is None else lr
+    sage = spec.rule_class(config.optimizer).sage
     if sage_patterns is None:
-        sage_patterns = SAGE_PATTERNS if spec.rule_class(config.optimizer).sage else ()
+        sage_patterns = SAGE_PATTERNS if sage else ()
     groups = optim.sage_param_groups(model.named_parameters(), sage_patterns=sage_patterns,
                                      weight_decay=config.weight_decay)
-    return optim.make(config.optimizer, groups, lr=lr)
+    hparams = {"beta3": config.beta3} if sage else {}
+    return optim.make(config.optimizer, groups, lr=lr, **hparams)
 
 
 # ----- the run -------------------------------------------------------------------------------
@@ -171,7 +172,8 @@ def train(config: TrainConfig, task: Task | None = None, *, init_state: dict | N
     saved there and :class:`TrainingInterrupted` is raised. ``stop_at``: end after that step, as
     an interrupted run would (the schedule still spans ``config.steps``).
     """
-    task = make_task(config.task) if task is None else task
+    if task is None:
+        task = make_task(config.task, seed=config.seed, n_train=config.labels)
     model = Transformer(config.model_config(task), seed=config.seed)
     if init_state is not None:
         model.load_state_dict(init_state, strict=False)
@@ -180,8 +182,8 @@ def train(config: TrainConfig, task: Task | None = None, *, init_state: dict | N
     recorder = None
     if config.record_every:
         checkpoints = tuple(sorted({max(1, round(config.steps * f)) for f in (0.1, 0.4, 1.0)}))
-        recorder = SensitivityRecorder(every=config.record_every, beta3=config.beta3,
-                                       checkpoints=checkpoints)
+        recorder = SensitivityRecorder(shadow_rule(config.optimizer, config.lr, config.beta3),
+                                       every=config.record_every, checkpoints=checkpoints)
         callbacks = (recorder, *callbacks)
     on_gradients = _hooks(callbacks, "on_gradients")
     on_step_end = _hooks(callbacks, "on_step_end")
@@ -192,7 +194,7 @@ def train(config: TrainConfig, task: Task | None = None, *, init_state: dict | N
     last_step = stop_at or config.steps
     lr_at = lr_schedule(config)
     # training accuracy (for the generalization gap) is measured on a fixed part of the train split
-    train_probe = Split(task.train.ids[:TRAIN_PROBE], task.train.targets[:TRAIN_PROBE])
+    train_probe, val_probe = task.train.head(config.eval_rows), task.val.head(config.eval_rows)
     bar = _progress_bar(config.steps, start_step - 1, label or config.optimizer, progress)
     train_seconds = 0.0
     deferred = (deferred_interrupt() if checkpoint_path
@@ -218,7 +220,7 @@ def train(config: TrainConfig, task: Task | None = None, *, init_state: dict | N
             if step % config.eval_every == 0 or step == config.steps:
                 row = {"step": step, "train_loss_batch": loss_value}
                 train_metrics = evaluate(model, task, train_probe)
-                val_metrics = evaluate(model, task, task.val)
+                val_metrics = evaluate(model, task, val_probe)
                 row.update({f"train_{k}": v for k, v in train_metrics.items()})
                 row.update({f"val_{k}": v for k, v in val_metrics.items()})
                 row["gap"] = row["train_accuracy"] - row["val_accuracy"]

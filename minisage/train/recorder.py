@@ -1,10 +1,18 @@
-"""The sensitivity recorder: a training callback that measures I, Ibar, U and r for any optimizer.
+"""The sensitivity recorder: a training callback that measures I, Ibar, Ihat, U and r for any run.
 
-It watches the SAGE group's matrices (:func:`sage_matrices`: 2-D parameters that the official
-split of :mod:`minisage.spec.split` gives SAGE), whatever optimizer trains them, so that AdamW and
-SAGE runs are measured the same way. The quantities are the spec's (``spec.sensitivity``,
-``spec.sensitivity_ema``, ``spec.uncertainty``, ``spec.lr_multiplier``), in the paper's form:
-Ibar without bias correction.
+It watches the SAGE group's matrices (:func:`sage_matrices`: the 2-D parameters that the official
+split of :mod:`minisage.spec.split` gives SAGE) and measures them with a SAGE spec rule, its
+*shadow rule*: at every step (after clipping, before the update) it runs ``rule.step`` on each
+watched matrix with its own copy of the sensitivity average and keeps the rule's trace. So the
+numbers are exactly the ones the rule computes -- I, Ibar, the bias-corrected Ihat where the rule
+corrects, U and r with the rule's own epsilon and clipping -- and need no second statement of them.
+
+- A SAGE run is measured with its own rule (the same preset and beta3 as its optimizer): the
+  recorder's r is, bit for bit, the multiplier the optimizer applies.
+- A run without SAGE is measured with the SAGE rule its optimizer class pairs with (``bert-adamw``
+  -> ``adamw-sage``, ``bert-adamax`` -> ``adamax-sage``, ``adamw`` -> ``adam-sage``; other presets
+  -> ``adam-sage``): what SAGE *would* compute at each point of that run's trajectory. Its
+  optimizer never uses it; plots say so.
 """
 
 from __future__ import annotations
@@ -13,11 +21,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from minisage import spec
+from minisage.optim import optimizer_class
 from minisage.spec.split import official_group
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+#: the trace keys kept per layer, as quantiles
+QUANTITIES = ("sensitivity", "sensitivity_ema", "sensitivity_ema_hat", "uncertainty",
+              "lr_multiplier")
+DECILES = 10
 
 
 def is_sage_matrix(name: str, p) -> bool:
@@ -32,85 +46,124 @@ def sage_matrices(model) -> list[tuple[str, Any]]:
     return [(n, p) for n, p in model.named_parameters() if is_sage_matrix(n, p)]
 
 
+def shadow_preset(preset: str) -> str:
+    """The SAGE preset that measures a run of ``preset``: itself if it is SAGE, else the SAGE
+    preset its optimizer class pairs with (``adam-sage`` where there is none)."""
+    if spec.rule_class(preset).sage:
+        return preset
+    return optimizer_class(preset).sage_preset or "adam-sage"
+
+
+def shadow_rule(preset: str, lr: float, beta3: float) -> spec.Rule:
+    """The shadow rule of a run of ``preset`` (see the module docstring), with ``beta3``."""
+    name = shadow_preset(preset)
+    return spec.make(name, lr=lr, beta3=beta3)
+
+
+def decile_means(x: np.ndarray, y: np.ndarray, deciles: int = DECILES) -> list[float]:
+    """The mean of ``y`` in each decile of ``x`` (deciles by rank, so ties cannot empty one)."""
+    order = np.argsort(x, kind="stable")
+    return [float(part.mean()) for part in np.array_split(y[order], deciles)]
+
+
 @dataclass
 class SensitivityRecorder:
-    """Records how parameters' sensitivities evolve, for any optimizer; a training callback.
+    """Records how the SAGE matrices' sensitivities evolve, for any optimizer; a training callback.
 
-    At every step, in ``on_gradients`` (after clipping, before the update), it keeps for each
-    SAGE matrix the sensitivity I = |p * g| and its EMA Ibar (``beta3``, no bias correction: the
-    paper's Ibar). Every ``every`` steps it stores per-layer quantiles (``QUANTILES``) of I,
-    Ibar, U = |I - Ibar| and the multiplier r = U / (Ibar + eps) as ``rows``; at the steps in
-    ``checkpoints`` it keeps a sample of up to ``sample_size`` of all Ibar and r values in
-    ``histograms[step]``, for histograms.
+    ``rule``: the shadow rule (:func:`shadow_rule`). Every ``every`` steps it stores:
+
+    - ``rows``: per layer and quantity (``QUANTITIES``) the quantiles ``QUANTILES``;
+    - ``mechanism``: pooled over all watched entries, the median of r, Spearman's rank
+      correlation of Ihat (the average in the ratio) and r, and the mean of r in each decile of
+      Ihat -- whether r follows sensitivity;
+
+    and at the steps in ``checkpoints`` a sample of up to ``sample_size`` of all Ihat and r values
+    (``histograms[step]``). ``first_sensitivity`` keeps I of every watched entry at the first step
+    observed, and ``initial`` the parameters before it: how far entries moved, by their starting
+    sensitivity, is measured against them.
     """
 
+    rule: spec.Rule
     every: int = 10
-    beta3: float = 0.75
-    eps: float = 1e-12
     checkpoints: tuple[int, ...] = ()
     sample_size: int = 20000
-    sensitivity_ema: dict[str, np.ndarray] = field(default_factory=dict)
+    states: dict[str, dict] = field(default_factory=dict)  # the shadow rule's state per matrix
     rows: list[dict] = field(default_factory=list)  # one per (step, layer, quantity)
+    mechanism: list[dict] = field(default_factory=list)  # one per recorded step
     histograms: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+    first_sensitivity: dict[str, np.ndarray] = field(default_factory=dict)
+    initial: dict[str, np.ndarray] = field(default_factory=dict)
 
     def on_gradients(self, step: int, model, optimizer) -> None:
         """The training callback: observe the model's gradients at ``step``."""
         self.observe(step, model.named_parameters())
 
     def observe(self, step: int, named_params) -> None:
-        """Update Ibar from the current gradients of ``named_params`` and record ``step``."""
-        record = self.every and step % self.every == 0
+        """Advance the shadow rule on the current gradients of ``named_params``; record ``step``."""
+        record = bool(self.every) and step % self.every == 0
         snapshot = step in self.checkpoints
-        pooled = {"sensitivity_ema": [], "lr_multiplier": []}
+        traces = {}
         for name, p in named_params:
             if p.grad is None or not is_sage_matrix(name, p):
                 continue
-            sensitivity = spec.sensitivity(p.data, p.grad)
-            previous = self.sensitivity_ema.get(name, np.zeros_like(sensitivity))
-            ema = spec.sensitivity_ema(previous, sensitivity, self.beta3)
-            self.sensitivity_ema[name] = ema
-            if not (record or snapshot):
-                continue
-            uncertainty = spec.uncertainty(sensitivity, ema)
-            multiplier = spec.lr_multiplier(uncertainty, ema, self.eps)
-            if record:
-                for quantity, values in (("sensitivity", sensitivity), ("sensitivity_ema", ema),
-                                         ("uncertainty", uncertainty),
-                                         ("lr_multiplier", multiplier)):
-                    qs = np.quantile(values, QUANTILES)
+            state = self.states.get(name) or self.rule.init(p.data)
+            # the shadow rule's own state: its Ibar (the moments it keeps are never used)
+            _, self.states[name], traces[name] = self.rule.step(p.data, p.grad, state, name=name)
+            if name not in self.first_sensitivity:
+                self.first_sensitivity[name] = traces[name]["sensitivity"].copy()
+                self.initial[name] = p.data.copy()
+        if not traces or not (record or snapshot):
+            return
+        if record:
+            for name, trace in traces.items():
+                for quantity in QUANTITIES:
+                    qs = np.quantile(trace[quantity], QUANTILES)
                     self.rows.append({"step": step, "layer": name, "quantity": quantity,
                                       **{f"q{int(q * 100):02d}": float(v)
                                          for q, v in zip(QUANTILES, qs)}})
-            if snapshot:
-                pooled["sensitivity_ema"].append(ema.ravel())
-                pooled["lr_multiplier"].append(multiplier.ravel())
-        if snapshot and pooled["sensitivity_ema"]:
+        ihat = np.concatenate([t["sensitivity_ema_hat"].ravel() for t in traces.values()])
+        r = np.concatenate([t["lr_multiplier"].ravel() for t in traces.values()])
+        if record:
+            rho = stats.spearmanr(ihat, r).statistic if np.ptp(ihat) and np.ptp(r) else np.nan
+            self.mechanism.append({"step": step, "r_median": float(np.median(r)),
+                                   "r_mean": float(np.mean(r)), "spearman": float(rho),
+                                   "r_by_decile": decile_means(ihat, r)})
+        if snapshot:
             rng = np.random.default_rng(step)
-            sample = {}
-            for key, parts in pooled.items():
-                values = np.concatenate(parts)
-                if len(values) > self.sample_size:
-                    values = rng.choice(values, self.sample_size, replace=False)
-                sample[key] = values
+            sample = {"sensitivity_ema_hat": ihat, "lr_multiplier": r}
+            if len(r) > self.sample_size:
+                keep = rng.choice(len(r), self.sample_size, replace=False)
+                sample = {k: v[keep] for k, v in sample.items()}
             self.histograms[step] = sample
 
     def state_dict(self) -> dict[str, Any]:
-        """What the recorder has measured so far (copies): ``sensitivity_ema``, ``rows``,
-        ``histograms``."""
-        return {"sensitivity_ema": {n: v.copy() for n, v in self.sensitivity_ema.items()},
+        """What the recorder holds (copies), for checkpoints."""
+        return {"states": {n: {k: (v if k == "step" else v.copy()) for k, v in s.items()}
+                           for n, s in self.states.items()},
                 "rows": [dict(r) for r in self.rows],
+                "mechanism": [dict(m) for m in self.mechanism],
                 "histograms": {s: {k: v.copy() for k, v in h.items()}
-                               for s, h in self.histograms.items()}}
+                               for s, h in self.histograms.items()},
+                "first_sensitivity": {n: v.copy() for n, v in self.first_sensitivity.items()},
+                "initial": {n: v.copy() for n, v in self.initial.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` (checked first: a bad state changes nothing)."""
-        ema, rows, histograms = state["sensitivity_ema"], state["rows"], state["histograms"]
-        if not all(isinstance(v, np.ndarray) for v in ema.values()):
-            raise ValueError("SensitivityRecorder.load_state_dict: sensitivity_ema must map "
-                             "names to arrays")
-        if not all(isinstance(r, dict) for r in rows):
+        keys = ("states", "rows", "mechanism", "histograms", "first_sensitivity", "initial")
+        missing = [k for k in keys if k not in state]
+        if missing:
+            raise ValueError(f"SensitivityRecorder.load_state_dict: missing {missing}")
+        for key in ("first_sensitivity", "initial"):
+            if not all(isinstance(v, np.ndarray) for v in state[key].values()):
+                raise ValueError(f"SensitivityRecorder.load_state_dict: {key} must map names "
+                                 "to arrays")
+        if not all(isinstance(r, dict) for r in (*state["rows"], *state["mechanism"])):
             raise ValueError("SensitivityRecorder.load_state_dict: rows must be dicts")
-        self.sensitivity_ema = {str(n): v.copy() for n, v in ema.items()}
-        self.rows = [dict(r) for r in rows]
+        self.states = {str(n): {k: (int(v) if k == "step" else np.array(v)) for k, v in s.items()}
+                       for n, s in state["states"].items()}
+        self.rows = [dict(r) for r in state["rows"]]
+        self.mechanism = [dict(m) for m in state["mechanism"]]
         self.histograms = {int(s): {str(k): np.asarray(v).copy() for k, v in h.items()}
-                           for s, h in histograms.items()}
+                           for s, h in state["histograms"].items()}
+        self.first_sensitivity = {str(n): v.copy() for n, v in state["first_sensitivity"].items()}
+        self.initial = {str(n): v.copy() for n, v in state["initial"].items()}
