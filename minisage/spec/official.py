@@ -151,7 +151,8 @@ class BertAdamWRule(_OfficialRule):
         if self.sage:
             # r = U / (Ihat + eps^2), from I = |p * g|, Ibar and Ihat = Ibar / (1 - beta3^t)
             # (Ihat = Ibar without correct_bias)
-            r = multiplier_into(p, g, state["sensitivity_ema"], h["beta3"], eps**2, scratch,
+            r = multiplier_into(p, g, state["sensitivity_ema"], h["beta3"], eps**2,
+                                out=scratch.get(3, p), work=b,
                                 correct_bias_at=t if h["correct_bias"] else None, trace=trace)
             # s = lr_t * r
             s = np.multiply(lr_t, r, out=r)
@@ -274,8 +275,8 @@ class BertAdamaxRule(_OfficialRule):
         update = np.divide(m, np.add(u, eps, out=a), out=a)
         if self.sage:
             # r = U / (Ibar + eps^2), from I = |p * g| and Ibar (no bias correction)
-            r = multiplier_into(p, g, state["sensitivity_ema"], h["beta3"], eps**2, scratch,
-                                trace=trace)
+            r = multiplier_into(p, g, state["sensitivity_ema"], h["beta3"], eps**2,
+                                out=scratch.get(3, p), work=b, trace=trace)
         if h["weight_decay"] > 0:
             # update = update + weight_decay * p
             update += np.multiply(h["weight_decay"], p, out=b)

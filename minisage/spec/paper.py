@@ -75,8 +75,8 @@ class AdamSAGERule(Rule):
         m, v = state["exp_avg"], state["exp_avg_sq"]
         a = scratch.get(1, p)
         # r = U / (Ibar + sage_eps), from I = |p * g| (p before this step) and Ibar
-        r = multiplier_into(p, g, state["sensitivity_ema"], h["beta3"], h["sage_eps"], scratch,
-                            trace=trace)
+        r = multiplier_into(p, g, state["sensitivity_ema"], h["beta3"], h["sage_eps"],
+                            out=scratch.get(3, p), work=a, trace=trace)
         if wd != 0:
             # p = p * (1 - lr_t * weight_decay)
             p *= 1 - lr_t * wd

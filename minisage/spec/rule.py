@@ -55,10 +55,16 @@ class Scratch:
         self._buffers: dict[tuple[int, np.dtype], np.ndarray] = {}
 
     def get(self, i: int, like: np.ndarray) -> np.ndarray:
-        buf = self._buffers.get((i, like.dtype))
-        if buf is None or buf.size < like.size:
-            buf = self._buffers[(i, like.dtype)] = np.empty(max(like.size, 1), like.dtype)
-        return buf[:like.size].reshape(like.shape)
+        return self.take(i, like.shape, like.dtype, like.size)
+
+    def take(self, i: int, shape: tuple[int, ...], dtype: np.dtype,
+             size: int | None = None) -> np.ndarray:
+        """Buffer ``i`` viewed with ``shape`` and ``dtype`` (grown when too small)."""
+        size = math.prod(shape) if size is None else size
+        buf = self._buffers.get((i, dtype))
+        if buf is None or buf.size < size:
+            buf = self._buffers[(i, dtype)] = np.empty(max(size, 1), dtype)
+        return buf[:size].reshape(shape)
 
 
 class Prepared(NamedTuple):
@@ -238,7 +244,7 @@ class Rule:
 
     def _check_param(self, param: np.ndarray, label: str) -> np.ndarray:
         p = np.asarray(param)
-        if not np.issubdtype(p.dtype, np.floating):
+        if p.dtype.kind != "f":  # (np.issubdtype(p.dtype, np.floating), faster)
             raise TypeError(f"{self.name}: param must be a floating-point array, got dtype "
                             f"{p.dtype} ({label})")
         return p

@@ -73,29 +73,30 @@ def lr_multiplier(U: np.ndarray, Ibar: np.ndarray, eps: float, *,  # noqa: N803
     return np.divide(U, np.add(Ibar, eps, out=work), out=out)
 
 
-def multiplier_into(p: np.ndarray, g: np.ndarray, ibar: np.ndarray, beta3: float, eps: float,
-                    scratch, *, correct_bias_at: int | None = None,
+def multiplier_into(p: np.ndarray, g: np.ndarray, ibar: np.ndarray, beta3: float, eps: float, *,
+                    out: np.ndarray, work: np.ndarray, correct_bias_at: int | None = None,
                     trace: dict | None = None) -> np.ndarray:
     """The SAGE block of a rule's update kernel: ``r`` from the four pieces, in place.
 
-    ``ibar`` (the state's ``sensitivity_ema``) is updated in place; ``r`` is returned in scratch
-    buffer 3 (buffers 3 to 5 are used). ``correct_bias_at=t`` bias-corrects the average at step
-    ``t`` (the official ``adamw-sage`` with ``correct_bias``); else ``Ihat = Ibar``. ``trace``,
-    when a dict, receives copies of I, Ibar, Ihat, U and r under the names of the rules' traces.
+    ``ibar`` (the state's ``sensitivity_ema``) is updated in place; ``r`` is returned in ``out``;
+    ``work`` (same shape) holds the temporaries. ``correct_bias_at=t`` bias-corrects the average
+    at step ``t`` (the official ``adamw-sage`` with ``correct_bias``); else ``Ihat = Ibar``.
+    ``trace``, when a dict, receives copies of I, Ibar, Ihat, U and r under the names of the
+    rules' traces.
     """
     # I = |p * g|
-    I = sensitivity(p, g, out=scratch.get(3, p))  # noqa: E741
+    I = sensitivity(p, g, out=out)  # noqa: E741
     # Ibar = beta3 * Ibar + (1 - beta3) * I
-    sensitivity_ema(ibar, I, beta3, out=ibar, work=scratch.get(4, p))
+    sensitivity_ema(ibar, I, beta3, out=ibar, work=work)
     # Ihat = Ibar / (1 - beta3^t)   where the rule bias-corrects, else Ihat = Ibar
     ihat = ibar if correct_bias_at is None else bias_correct(ibar, beta3, correct_bias_at,
-                                                               out=scratch.get(5, p))
+                                                               out=work)
     _keep(trace, sensitivity=I, sensitivity_ema=ibar, sensitivity_ema_hat=ihat)
     # U = |I - Ihat|
     U = uncertainty(I, ihat, out=I)
     _keep(trace, uncertainty=U)
-    # r = U / (Ihat + eps)
-    r = lr_multiplier(U, ihat, eps, out=U, work=scratch.get(4, p))
+    # r = U / (Ihat + eps)           (Ihat + eps may overwrite Ihat: it is not needed after)
+    r = lr_multiplier(U, ihat, eps, out=U, work=work)
     _keep(trace, lr_multiplier=r)
     return r
 
