@@ -10,8 +10,10 @@
 Presets (``spec.presets()``): ``sgd``, ``adam``, ``adamw``, ``adamax`` reproduce ``torch.optim``;
 ``bert-adamw``, ``bert-adamax``, ``adamw-sage``, ``adamax-sage`` reproduce the official SAGE code
 (cliang1453/SAGE ``module/bert_optim.py``); ``adam-sage`` is the paper's Algorithm 1 as read in
-SAGE_SPEC.md. Each rule's docstring (``help(spec.rule_class(name))``) gives its full update, the
-symbol-to-argument mapping and where it differs from the others.
+docs/spec.md section 4. Each rule's docstring (``help(spec.rule_class(name))``) gives its full
+update, the symbol-to-argument mapping and where it differs from the others; its ``update_into``
+is the one place the update is written as code (``rule.prepare`` does the checks, the lr and the
+clipping factor; ``rule.step`` runs both on copies; :mod:`minisage.optim` runs them in place).
 
 The SAGE pieces are public: :func:`sensitivity`, :func:`sensitivity_ema`, :func:`uncertainty`,
 :func:`lr_multiplier`, :func:`bias_correct`. So are the schedules and the clipping rules.

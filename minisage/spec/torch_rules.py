@@ -174,6 +174,7 @@ class AdamWRule(AdamRule):
     Update, with ``t`` the step count after its increment::
 
         t     = t + 1
+        g     = -g                                  if maximize
         p     = p * (1 - lr_t * weight_decay)       (decoupled, scaled by the *current* lr,
                                                      applied before the Adam step)
         m     = m + (1 - beta1) * (g - m)
