@@ -125,6 +125,20 @@ def _scheduled(lr: float, lr_schedule: Schedule | None, count: jax.Array) -> jax
     return jnp.asarray(lr_schedule(count), _scalar_dtype())
 
 
+def _one_schedule(name: str, h: dict[str, Any], lr_schedule: Schedule | None) -> None:
+    if lr_schedule is not None and h["t_total"] != -1:
+        raise ValueError(f"{name}: give lr_schedule or the official schedule (t_total), not both")
+
+
+def _official_or_scheduled(h: dict[str, Any], lr_schedule: Schedule | None, step: jax.Array,
+                           count: jax.Array) -> jax.Array:
+    """This step's lr: the official schedule at ``step`` when ``t_total`` is set, else
+    ``lr_schedule(count)`` (``count``: steps already taken), else the base ``lr``."""
+    if h["t_total"] != -1:
+        return _official_lr(h["lr"], step, h["t_total"], h["warmup"], h["schedule"])
+    return _scheduled(h["lr"], lr_schedule, count)
+
+
 def _clip_per_tensor(g: jax.Array, max_grad_norm: float) -> jax.Array:
     """The spec's per-tensor clipping: ``g * c`` where ``c = max_grad_norm/(||g|| + 1e-6) < 1``."""
     if max_grad_norm <= 0:
@@ -151,6 +165,24 @@ def _sage_multiplier(p, g, ibar, beta3: float, eps: float, bc3=None):
 
 def _zeros(params):
     return jax.tree.map(jnp.zeros_like, params)
+
+
+def _result(treedef, state_type: type, step, out: list, first: list, second: list, ibar: list,
+            sage: bool):
+    """``(updates, state)`` of the three optimizers from per-leaf lists."""
+    unflat = treedef.unflatten
+    return unflat(out), state_type(step, unflat(first), unflat(second),
+                                   unflat(ibar) if sage else None)
+
+
+def _init_fn(state_type: type, sage: bool) -> Callable:
+    """``init`` of the three optimizers: step 0, two zero moments, a zero sensitivity EMA (None
+    without SAGE)."""
+    def init_fn(params):
+        return state_type(jnp.zeros([], jnp.int32), _zeros(params), _zeros(params),
+                          _zeros(params) if sage else None)
+
+    return init_fn
 
 
 def _leaves(updates, params, *trees):
@@ -195,24 +227,16 @@ def adamw_sage(lr: float = 1e-3, warmup: float = -1, t_total: int = -1,
                betas=betas, beta3=beta3, eps=eps, weight_decay=weight_decay,
                correct_bias=correct_bias, max_grad_norm=max_grad_norm)
     sage = _as_flag("sage", sage)
-    if lr_schedule is not None and h["t_total"] != -1:
-        raise ValueError("adamw_sage: give lr_schedule or the official schedule (t_total), "
-                         "not both")
+    _one_schedule("adamw_sage", h, lr_schedule)
     b1, b2 = h["betas"]
-
-    def init_fn(params):
-        return BertAdamWState(jnp.zeros([], jnp.int32), _zeros(params), _zeros(params),
-                              _zeros(params) if sage else None)
 
     def update_fn(updates, state, params=None):
         leaves, treedef, ps, (ms, vs, ibars) = _leaves(
             updates, params, state.exp_avg, state.exp_avg_sq, state.sensitivity_ema)
         # t = t + 1
         t = state.step + 1
-        if h["t_total"] != -1:
-            lr_t = _official_lr(h["lr"], t, h["t_total"], h["warmup"], h["schedule"])
-        else:
-            lr_t = _scheduled(h["lr"], lr_schedule, state.step)
+        # lr_t, the official schedule at the incremented t
+        lr_t = _official_or_scheduled(h, lr_schedule, t, state.step)
         bc1 = _one_minus_pow(b1, t)
         bc2 = _one_minus_pow(b2, t)
         bc3 = _one_minus_pow(h["beta3"], t)
@@ -248,11 +272,9 @@ def adamw_sage(lr: float = 1e-3, warmup: float = -1, t_total: int = -1,
             out.append(new_p - p)
             new_m.append(m)
             new_v.append(v)
-        unflat = treedef.unflatten
-        return unflat(out), BertAdamWState(t, unflat(new_m), unflat(new_v),
-                                           unflat(new_ibar) if sage else None)
+        return _result(treedef, BertAdamWState, t, out, new_m, new_v, new_ibar, sage)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformation(_init_fn(BertAdamWState, sage), update_fn)
 
 
 def adamax_sage(lr: float, warmup: float = -1, t_total: int = -1,
@@ -273,24 +295,16 @@ def adamax_sage(lr: float, warmup: float = -1, t_total: int = -1,
                betas=betas, beta3=beta3, eps=eps, weight_decay=weight_decay,
                max_grad_norm=max_grad_norm)
     sage = _as_flag("sage", sage)
-    if lr_schedule is not None and h["t_total"] != -1:
-        raise ValueError("adamax_sage: give lr_schedule or the official schedule (t_total), "
-                         "not both")
+    _one_schedule("adamax_sage", h, lr_schedule)
     b1, b2 = h["betas"]
     eps = h["eps"]
-
-    def init_fn(params):
-        return BertAdamaxState(jnp.zeros([], jnp.int32), _zeros(params), _zeros(params),
-                               _zeros(params) if sage else None)
 
     def update_fn(updates, state, params=None):
         leaves, treedef, ps, (ms, us, ibars) = _leaves(
             updates, params, state.exp_avg, state.exp_inf, state.sensitivity_ema)
         t = state.step
-        if h["t_total"] != -1:
-            lr_t = _official_lr(h["lr"], t, h["t_total"], h["warmup"], h["schedule"])
-        else:
-            lr_t = _scheduled(h["lr"], lr_schedule, t)
+        # lr_t, the official schedule at t *before* its increment
+        lr_t = _official_or_scheduled(h, lr_schedule, t, t)
         out, new_m, new_u, new_ibar = [], [], [], []
         for k, (g, p, m, u) in enumerate(zip(leaves, ps, ms, us)):
             dt = p.dtype
@@ -317,11 +331,9 @@ def adamax_sage(lr: float, warmup: float = -1, t_total: int = -1,
             out.append(new_p - p)
             new_m.append(m)
             new_u.append(u)
-        unflat = treedef.unflatten
-        return unflat(out), BertAdamaxState(t + 1, unflat(new_m), unflat(new_u),
-                                            unflat(new_ibar) if sage else None)
+        return _result(treedef, BertAdamaxState, t + 1, out, new_m, new_u, new_ibar, sage)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformation(_init_fn(BertAdamaxState, sage), update_fn)
 
 
 def adam_sage(lr: float = 1e-3, betas=(0.9, 0.999), beta3: float = 0.75, eps: float = 1e-8,
@@ -342,10 +354,6 @@ def adam_sage(lr: float = 1e-3, betas=(0.9, 0.999), beta3: float = 0.75, eps: fl
     sage = _as_flag("sage", sage)
     b1, b2 = h["betas"]
     wd = h["weight_decay"]
-
-    def init_fn(params):
-        return AdamSAGEState(jnp.zeros([], jnp.int32), _zeros(params), _zeros(params),
-                             _zeros(params) if sage else None)
 
     def update_fn(updates, state, params=None):
         leaves, treedef, ps, (ms, vs, ibars) = _leaves(
@@ -381,11 +389,9 @@ def adam_sage(lr: float = 1e-3, betas=(0.9, 0.999), beta3: float = 0.75, eps: fl
             out.append(new_p - p0)
             new_m.append(m)
             new_v.append(v)
-        unflat = treedef.unflatten
-        return unflat(out), AdamSAGEState(t, unflat(new_m), unflat(new_v),
-                                          unflat(new_ibar) if sage else None)
+        return _result(treedef, AdamSAGEState, t, out, new_m, new_v, new_ibar, sage)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformation(_init_fn(AdamSAGEState, sage), update_fn)
 
 
 def scale_by_sage(inner: optax.GradientTransformation | None = None, *, beta3: float = 0.75,

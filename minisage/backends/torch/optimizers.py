@@ -82,6 +82,8 @@ class SpecOptimizer(torch.optim.Optimizer):
 
     #: (preset with sage, preset without)
     presets: tuple[str, str] = ("", "")
+    #: the state's moment arrays (``sensitivity_ema`` comes in where SAGE is on)
+    moments: tuple[str, ...] = ()
 
     def __init__(self, params, sage: bool = True, **hparams: Any) -> None:
         rule = spec.make(self.presets[0], **hparams)  # checks names and ranges; fills defaults
@@ -162,7 +164,10 @@ class SpecOptimizer(torch.optim.Optimizer):
         return loss
 
     def _init_state(self, p: torch.Tensor, group) -> dict[str, Any]:
-        raise NotImplementedError
+        state = {"step": 0, **{key: _zeros(p) for key in self.moments}}
+        if group["sage"]:
+            state["sensitivity_ema"] = _zeros(p)
+        return state
 
     def _update(self, p, g, state, group) -> torch.Tensor:
         raise NotImplementedError
@@ -187,6 +192,7 @@ class AdamWSAGE(SpecOptimizer):
     """
 
     presets = ("adamw-sage", "bert-adamw")
+    moments = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, params, lr: float = 1e-3, warmup: float = -1, t_total: int = -1,
                  schedule: str = "warmup_linear", betas=(0.9, 0.999), beta3: float = 0.75,
@@ -196,12 +202,6 @@ class AdamWSAGE(SpecOptimizer):
                          schedule=schedule, betas=betas, beta3=beta3, eps=eps,
                          weight_decay=weight_decay, correct_bias=correct_bias,
                          max_grad_norm=max_grad_norm)
-
-    def _init_state(self, p, group):
-        state = {"step": 0, "exp_avg": _zeros(p), "exp_avg_sq": _zeros(p)}
-        if group["sage"]:
-            state["sensitivity_ema"] = _zeros(p)
-        return state
 
     def _update(self, p, g, state, group):
         b1, b2 = group["betas"]
@@ -258,6 +258,7 @@ class AdamaxSAGE(SpecOptimizer):
     """
 
     presets = ("adamax-sage", "bert-adamax")
+    moments = ("exp_avg", "exp_inf")
 
     def __init__(self, params, lr: float, warmup: float = -1, t_total: int = -1,
                  schedule: str = "warmup_linear", betas=(0.9, 0.999), beta3: float = 0.75,
@@ -266,12 +267,6 @@ class AdamaxSAGE(SpecOptimizer):
         super().__init__(params, sage=sage, lr=lr, warmup=warmup, t_total=t_total,
                          schedule=schedule, betas=betas, beta3=beta3, eps=eps,
                          weight_decay=weight_decay, max_grad_norm=max_grad_norm)
-
-    def _init_state(self, p, group):
-        state = {"step": 0, "exp_avg": _zeros(p), "exp_inf": _zeros(p)}
-        if group["sage"]:
-            state["sensitivity_ema"] = _zeros(p)
-        return state
 
     def _update(self, p, g, state, group):
         b1, b2 = group["betas"]
@@ -317,18 +312,13 @@ class AdamSAGE(SpecOptimizer):
     """
 
     presets = ("adam-sage", "adamw")
+    moments = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), beta3: float = 0.75,
                  eps: float = 1e-8, sage_eps: float = 1e-12, weight_decay: float = 0.0,
                  sage: bool = True) -> None:
         super().__init__(params, sage=sage, lr=lr, betas=betas, beta3=beta3, eps=eps,
                          sage_eps=sage_eps, weight_decay=weight_decay)
-
-    def _init_state(self, p, group):
-        state = {"step": 0, "exp_avg": _zeros(p), "exp_avg_sq": _zeros(p)}
-        if group["sage"]:
-            state["sensitivity_ema"] = _zeros(p)
-        return state
 
     def _update(self, p, g, state, group):
         b1, b2 = group["betas"]
