@@ -25,10 +25,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from minisage.spec.clipping import clip_global_norm, clip_per_tensor, global_norm, grad_norm
+from minisage.spec.clipping import (
+    clip_factor,
+    clip_global_norm,
+    clip_per_tensor,
+    global_norm,
+    grad_norm,
+)
 from minisage.spec.official import AdamaxSAGERule, AdamWSAGERule, BertAdamaxRule, BertAdamWRule
 from minisage.spec.paper import AdamSAGERule
-from minisage.spec.rule import REQUIRED, Rule
+from minisage.spec.rule import REQUIRED, Prepared, Rule, Scratch
 from minisage.spec.sage import (
     bias_correct,
     lr_multiplier,
@@ -85,9 +91,9 @@ def make(name: str, **hparams: Any) -> Rule:
 
 
 __all__ = [
-    "make", "presets", "defaults", "rule_class", "Rule", "REQUIRED",
+    "make", "presets", "defaults", "rule_class", "Rule", "REQUIRED", "Prepared", "Scratch",
     "sensitivity", "sensitivity_ema", "uncertainty", "lr_multiplier", "bias_correct",
-    "clip_per_tensor", "clip_global_norm", "global_norm", "grad_norm",
+    "clip_per_tensor", "clip_factor", "clip_global_norm", "global_norm", "grad_norm",
     "constant", "warmup_linear", "warmup_constant", "warmup_linear_xdl", "linear_warmup_decay",
     "cosine", "make_schedule", "official_lr", "OFFICIAL_SCHEDULES",
     "SGDRule", "AdamRule", "AdamWRule", "AdamaxRule", "BertAdamWRule", "BertAdamaxRule",
