@@ -17,8 +17,8 @@ status is 1 if any case fails (its first mismatch is printed under the table).
 
 By default each step starts from the *golden* state of the previous step; ``--chain`` carries the
 backend's own state along instead, as in training. The torch and jax imports happen inside
-:func:`run`; the jax backend turns on ``jax_enable_x64`` first (needed for float64; float32 arrays
-stay float32).
+:func:`backend_functions`; the jax backend turns on ``jax_enable_x64`` first (needed for float64;
+float32 arrays stay float32).
 """
 
 from __future__ import annotations

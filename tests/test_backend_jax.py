@@ -122,7 +122,7 @@ def test_float32_without_x64():
         dev = bj.resolve_device("cpu")
         for factory, preset, sage in [(bj.adamw_sage, "adamw-sage", True),
                                       (bj.adam_sage, "adam-sage", True)]:
-            fn = bj._golden_step(factory, preset, sage, dev)
+            fn = bj.golden._golden_step(factory, preset, sage, dev)
             testing.check_rule(fn, preset, dtype="float32", chain=True)
         print("ok")
     """)

@@ -33,11 +33,17 @@ SCRIPT = textwrap.dedent(r"""
     import numpy as np
     import minisage
     modules = []
-    for info in pkgutil.walk_packages(minisage.__path__, "minisage."):
-        if info.name == "minisage.__main__" or info.name.startswith("minisage.backends."):
-            continue
-        importlib.import_module(info.name)
-        modules.append(info.name)
+
+    def walk(path, prefix):  # (pkgutil.walk_packages would import the backend packages)
+        for info in pkgutil.iter_modules(path, prefix):
+            if info.name == "minisage.__main__" or info.name.startswith("minisage.backends."):
+                continue
+            module = importlib.import_module(info.name)
+            modules.append(info.name)
+            if info.ispkg:
+                walk(module.__path__, info.name + ".")
+
+    walk(minisage.__path__, "minisage.")
     after_imports = list(attempts)
 
     # Tensor and functional

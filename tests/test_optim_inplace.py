@@ -1,7 +1,15 @@
-"""The in-place optimizer kernels (minisage.optim.inplace) against the pure spec rules, bit for
-bit: every preset with a kernel, both float dtypes, every option that changes the arithmetic, small
-(batched) and large parameters, several steps; plus the facts the optimizer relies on (the kernel
-path is taken, buffers are reused, a step is all-or-nothing)."""
+"""The optimizer's in-place path against the pure spec rule, bit for bit.
+
+Both run the same kernel (``rule.update_into``, the one statement of each update), but along two
+different code paths: ``rule.step`` copies one tensor and runs the kernel on the copy, while
+``Optimizer.step`` prepares every parameter first, then updates large parameters in place and small
+ones batched -- concatenated into flat arrays, with each tensor's clipping factor applied to its
+own slice -- and copies them back. These tests check that batching, flattening, the per-tensor
+clipping factors, the lr overrides and the traces change no bit: every preset and every option
+that changes the arithmetic, both float dtypes, clipping active and inactive, zero gradients,
+another memory order and dtype of the gradient, record on and off. Plus the facts the optimizer
+relies on: the spec's ``step`` is not called, buffers are reused, a step is all-or-nothing.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +19,15 @@ import numpy as np
 import pytest
 
 from minisage import optim, spec
-from minisage.optim import inplace
+from minisage.optim.optimizer import SMALL
 
 # preset -> hyperparameter variants (each changes which lines of the update run)
 VARIANTS = {
+    "sgd": [{"lr": 0.1}, {"lr": 0.1, "momentum": 0.9, "dampening": 0.1, "weight_decay": 0.01},
+            {"lr": 0.1, "momentum": 0.9, "nesterov": True, "maximize": True}],
     "adam": [{}, {"weight_decay": 0.1}, {"maximize": True, "weight_decay": 0.05}],
     "adamw": [{}, {"weight_decay": 0.0}, {"maximize": True}, {"betas": (0.5, 0.9), "eps": 1e-3}],
+    "adamax": [{}, {"weight_decay": 0.1, "maximize": True}],
     "bert-adamw": [{}, {"weight_decay": 0.01}, {"correct_bias": False}, {"max_grad_norm": -1},
                    {"max_grad_norm": 1e6}, {"t_total": 10, "warmup": 0.2}],
     "adamw-sage": [{}, {"weight_decay": 0.01, "beta3": 0.5}, {"correct_bias": False},
@@ -28,9 +39,11 @@ VARIANTS = {
     "adamax-sage": [{"lr": 0.01}, {"lr": 0.01, "weight_decay": 0.0, "beta3": 0.9},
                     {"lr": 0.01, "max_grad_norm": -1}, {"lr": 0.01, "t_total": 10,
                                                         "warmup": 0.3}],
+    "adam-sage": [{}, {"weight_decay": 0.1, "beta3": 0.5, "sage_eps": 1e-8}],
 }
 CASES = [(preset, i) for preset, variants in VARIANTS.items() for i in range(len(variants))]
-SHAPES = [(3, 4), (5,), (), (4, 3), (1, 1), (180, 200)]  # the last > inplace.SMALL
+SHAPES = [(3, 4), (5,), (), (4, 3), (1, 1), (0, 2), (180, 200)]  # the last > SMALL
+assert 180 * 200 > SMALL
 
 
 def _params(rng, dtype):
@@ -48,18 +61,20 @@ def _grad(rng, shape, dtype, scale, kind):
     return g
 
 
+@pytest.mark.parametrize("record", [False, True])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("preset,variant", CASES)
-def test_kernel_is_the_spec_rule_bit_for_bit(preset, variant, dtype):
+def test_optimizer_step_is_the_spec_rule_bit_for_bit(preset, variant, dtype, record):
     hp = dict(VARIANTS[preset][variant])
     rng = np.random.default_rng(variant)
     params = _params(rng, dtype)
+    names = [f"#{i}" for i in range(len(params))]
     sage = spec.rule_class(preset).sage
-    opt = optim.optimizer_class(preset)([{"params": params, "sage": sage}], **hp)
+    opt = optim.optimizer_class(preset)([{"params": params, "sage": sage}], record=record, **hp)
     rule = spec.make(preset, **hp)
-    assert inplace.kernel_for(rule) is not None
     ref = [(p.data.copy(), rule.init(p.data)) for p in params]
     kinds = ["plain", "fortran", "float64", "zero", "plain", "plain", "plain"]
+    clipped = set()
     for t, kind in enumerate(kinds):
         scale = 10.0 if t % 2 else 0.01      # clipping active on odd steps, not on even ones
         for i, p in enumerate(params):
@@ -68,22 +83,41 @@ def test_kernel_is_the_spec_rule_bit_for_bit(preset, variant, dtype):
         if lr and hp.get("t_total", -1) != -1:
             lr = {}                          # those rules schedule their own lr
         opt.step(**lr)
+        if record:
+            assert set(opt.last_trace) == {n for n, p in zip(names, params) if p.grad is not None}
+        else:
+            assert opt.last_trace is None
         for i, p in enumerate(params):
             ref_p, ref_s = ref[i]
             if p.grad is not None:
                 step_lr = lr.get("lr", opt.param_groups[0]["lr"] * lr["lr_factor"]
                                  if "lr_factor" in lr else None)
-                ref_p, ref_s, _ = rule.step(ref_p, p.grad, ref_s, lr=step_lr)
+                prep = rule.prepare(ref_p, p.grad, ref_s, step_lr)
+                if prep.clip is not None:
+                    clipped.add(i)
+                ref_p, ref_s, ref_trace = rule.step(ref_p, p.grad, ref_s, lr=step_lr)
                 ref[i] = (ref_p, ref_s)
+                if record:
+                    got_trace = opt.last_trace[names[i]]
+                    assert set(got_trace) == set(ref_trace)
+                    for key, value in ref_trace.items():
+                        assert got_trace[key].dtype == value.dtype, (t, i, key)
+                        assert np.array_equal(got_trace[key], value), (t, i, key)
             assert p.data.dtype == dtype and np.array_equal(p.data, ref_p), (t, i)
             got = opt.state_of(p)
             assert set(got) == set(ref_s)
             for key, value in ref_s.items():
                 assert np.array_equal(got[key], value), (t, i, key)
                 assert key == "step" or got[key].dtype == dtype
+    clips = hp.get("max_grad_norm", spec.defaults(preset).get("max_grad_norm", -1)) > 0
+    if clips and hp.get("max_grad_norm") != 1e6:
+        # clipping was active for small (batched) and large parameters alike
+        assert {0, len(SHAPES) - 1} <= clipped
+    else:
+        assert not clipped
 
 
-def test_the_kernel_path_is_taken_and_reuses_its_buffers(monkeypatch):
+def test_the_spec_step_is_not_called_and_buffers_are_reused(monkeypatch):
     rng = np.random.default_rng(0)
     params = _params(rng, np.float32)
     opt = optim.AdamWSAGE(params, lr=1e-3)
@@ -91,23 +125,30 @@ def test_the_kernel_path_is_taken_and_reuses_its_buffers(monkeypatch):
         p.grad = rng.standard_normal(p.data.shape).astype(np.float32)
 
     def no_spec(*args, **kwargs):
-        raise AssertionError("the spec rule ran")
+        raise AssertionError("the spec rule's step ran")
 
     monkeypatch.setattr(spec.Rule, "step", no_spec)
     opt.step()
-    buffers = {k: v.ctypes.data for k, v in opt._scratch._buffers.items()}
+
+    def addresses():
+        return {k: v.ctypes.data for scratch in (opt._scratch, opt._flat)
+                for k, v in scratch._buffers.items()}
+
+    buffers = addresses()
     state = {k: v.ctypes.data for k, v in opt.state_of(params[0]).items() if k != "step"}
     opt.step()
-    assert {k: v.ctypes.data for k, v in opt._scratch._buffers.items()} == buffers
+    assert addresses() == buffers
     assert {k: v.ctypes.data for k, v in opt.state_of(params[0]).items() if k != "step"} == state
     # state: exactly the spec's arrays (m, v, Ibar for SAGE), nothing more
     assert sorted(opt.state_of(params[0])) == ["exp_avg", "exp_avg_sq", "sensitivity_ema", "step"]
-    opt.record = True                        # traces need the spec rule
-    with pytest.raises(AssertionError, match="the spec rule ran"):
-        opt.step()
+    opt.record = True                        # traces come from the same path
+    opt.step()
+    assert set(opt.last_trace["#0"]) == {"sensitivity", "sensitivity_ema",
+                                         "sensitivity_ema_hat", "uncertainty", "lr_multiplier",
+                                         "update", "lr"}
 
 
-def test_kernel_path_is_all_or_nothing():
+def test_a_step_is_all_or_nothing():
     rng = np.random.default_rng(0)
     params = _params(rng, np.float64)
     opt = optim.BertAdamW(params, lr=1e-2, t_total=5, warmup=0.1, weight_decay=0.1)
@@ -125,6 +166,7 @@ def test_kernel_path_is_all_or_nothing():
     params[3].grad = np.full(params[3].data.shape, 1e308)   # finite, but the sum overflows
     opt2 = optim.BertAdamW([SimpleNamespace(data=np.ones(3), grad=np.full(3, 1e308))], lr=0.1)
     opt2.step()                              # not an error: every entry is finite
+    assert np.all(np.isfinite(opt2.param_groups[0]["params"][0].data))
     for p, b in zip(params, before):
         assert np.array_equal(p.data, b)
     for idx, st in opt.state_dict()["state"].items():

@@ -1,10 +1,12 @@
-"""The spec: hand-derived values, identities, the facts of SAGE_SPEC.md section 5, purity, dtypes,
+"""The spec: hand-derived values, identities, the facts of docs/spec.md section 5, purity, dtypes,
 schedules, clipping and bad input. Needs no torch."""
 
 from __future__ import annotations
 
 import ast
+import inspect
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,22 @@ def close(a, b, rel=REL64):
     np.testing.assert_allclose(a, b, rtol=rel, atol=0)
 
 
+#: hyperparameter -> the symbols (regular expressions) that stand for it in a rule's update block
+#: (the schedule's warmup, t_total and schedule enter through lr_t and are described in words)
+SYMBOLS = {"lr": ("lr(_t)?",), "betas": ("beta1", "beta2"), "beta3": ("beta3",),
+           "eps": ("eps",), "sage_eps": ("sage_eps",), "weight_decay": ("weight_decay",),
+           "momentum": ("momentum",), "dampening": ("dampening",), "nesterov": ("nesterov",),
+           "maximize": ("maximize",), "correct_bias": ("correct_bias",),
+           "max_grad_norm": ("max_grad_norm",)}
+
+
+def update_block(doc: str) -> str:
+    """The literal block after the first ``::`` of a docstring (the update equations)."""
+    match = re.search(r"::\n\n((?:    .*\n|\n)+)", inspect.cleandoc(doc) + "\n")
+    assert match, "no update block"
+    return match.group(1)
+
+
 def test_presets_listing():
     assert PRESETS == ("sgd", "adam", "adamw", "adamax", "bert-adamw", "bert-adamax",
                        "adamw-sage", "adamax-sage", "adam-sage")
@@ -48,7 +66,13 @@ def test_presets_listing():
         assert rule.name == name and rule.hparams["lr"] == 0.01
         assert rule.reproduces
         doc = spec.rule_class(name).__doc__
-        assert "Warning" in doc and "=" in doc
+        assert "Warning" in doc
+        # the update block updates p and names every hyperparameter that enters the arithmetic
+        block = update_block(doc)
+        assert re.search(r"^\s*p\s+=", block, re.MULTILINE), name
+        for key in spec.defaults(name):
+            for symbol in SYMBOLS.get(key, ()):
+                assert re.search(rf"\b{symbol}\b", block), (name, key, symbol)
 
 
 def test_defaults_mirror_the_implementations():
@@ -256,7 +280,7 @@ def test_plain_sgd_is_p_minus_lr_g(p, data, lr):
     assert np.array_equal(trace["update"], new - p)
 
 
-# ----- SAGE_SPEC.md section 5 --------------------------------------------------------------------
+# ----- docs/spec.md section 5 ---------------------------------------------------------------------
 
 def trajectory(preset, p, grads, **hp):
     rule = spec.make(preset, **hp)
@@ -280,15 +304,18 @@ def draw_problem(data, min_steps=1, max_steps=6, nonzero=False):
     return p, grads
 
 
-@given(data=st.data(), beta3=st.floats(0.05, 0.95), wd=st.sampled_from([0.0, 0.01]))
-def test_adamw_sage_first_step_moves_nothing(data, beta3, wd):
+@pytest.mark.parametrize("exact", [True, False])
+@given(data=st.data(), wd=st.sampled_from([0.0, 0.01]))
+def test_adamw_sage_first_step_moves_nothing(exact, data, wd):
+    # exact: beta3 = 0.75, where 1 - beta3 is a power of two; else any beta3
+    beta3 = 0.75 if exact else data.draw(st.floats(0.05, 0.95), label="beta3")
     p, grads = draw_problem(data, 1, 1)
     (p1, _, tr), = trajectory("adamw-sage", p, grads, lr=0.1, beta3=beta3, weight_decay=wd)
     I = tr["sensitivity"]  # noqa: E741
     # Ihat = I up to rounding: U is at most a few ulps of I
     assert np.all(tr["uncertainty"] <= 4 * np.finfo(np.float64).eps * I)
-    if beta3 == 0.75:  # 1 - beta3 is a power of two: exact
-        assert not np.any(tr["uncertainty"])
+    if exact:  # Ibar = I / 4 and Ihat = Ibar / (1 / 4) = I without rounding: U = 0 exactly
+        assert beta3 == 0.75 and not np.any(tr["uncertainty"])
     # so the step is at most a few ulps of lr (the decay is exact arithmetic on p)
     np.testing.assert_allclose(p1, p - 0.1 * wd * p, rtol=1e-15, atol=1e-14)
 
@@ -445,6 +472,30 @@ def test_step_is_pure_and_keeps_dtype(preset, data):
         assert set(trace) == expected
         assert np.all(np.isfinite(new_p))
         p, state = new_p, new_state
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("preset", PRESETS)
+def test_step_on_0d_and_empty_arrays(preset, dtype):
+    rule = spec.make(preset, lr=0.1, **({"momentum": 0.9} if preset == "sgd" else {}))
+    # a 0-d parameter steps exactly as the same entry in a 1-d array (the update is elementwise)
+    p0, p1 = np.array(0.7, dtype), np.array([0.7], dtype)
+    s0, s1 = rule.init(p0), rule.init(p1)
+    for g in (0.3, -2.0, 0.0):
+        p0, s0, t0 = rule.step(p0, np.array(g, dtype), s0)
+        p1, s1, t1 = rule.step(p1, np.array([g], dtype), s1)
+        assert p0.shape == () and p0.dtype == dtype and p0.tobytes() == p1.tobytes()
+        for key in rule.array_keys:
+            assert s0[key].shape == () and s0[key].tobytes() == s1[key].tobytes()
+        assert set(t0) == set(t1)
+        assert all(t0[k].shape == () and t0[k].tobytes() == t1[k].tobytes()
+                   for k in t0 if k != "lr")
+    # an empty parameter: empty results of its shape and dtype, the step count still advances
+    pe = np.zeros((0, 3), dtype)
+    new, state, trace = rule.step(pe, np.zeros((0, 3), dtype), rule.init(pe))
+    assert new.shape == (0, 3) and new.dtype == dtype and state["step"] == 1
+    assert all(state[k].shape == (0, 3) and state[k].dtype == dtype for k in rule.array_keys)
+    assert trace["update"].shape == (0, 3)
 
 
 def test_state_layout():

@@ -1,8 +1,11 @@
 """The stateful optimizer: param groups, state, ``step``, ``zero_grad``, ``state_dict``.
 
-Every optimizer here is a thin loop over a :mod:`minisage.spec` rule: for each parameter with a
-gradient it calls ``rule.step(param.data, param.grad, state)`` and writes the result back in place
-(``param.data[...] = new``), so the numbers are the spec's, bit for bit.
+Every optimizer here is a thin loop over a :mod:`minisage.spec` rule, in two passes: the rule's
+``prepare`` checks every parameter's gradient and state and works out its lr, step count and
+clipping factor (nothing is written, so an error leaves everything as it was); then the rule's
+``update_into`` -- the one statement of its update -- writes into the parameters and their state
+in place. Small parameters that share a rule, an lr and a step count are updated together as flat
+arrays. The numbers are those of the pure ``rule.step``, bit for bit.
 
 A parameter is any object with ``.data`` (a floating-point ndarray) and ``.grad`` (an ndarray of the
 same shape, or None: such parameters are skipped, as in torch). ``params`` may be parameters,
@@ -20,9 +23,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from minisage import spec
-from minisage.optim import inplace
+from minisage.spec.rule import Prepared, Scratch
 
 _GROUP_KEYS = ("params", "names", "sage", "params_type")
+#: parameters up to this many entries are updated together, as flat arrays (one pass of each NumPy
+#: operation per batch instead of one per parameter)
+SMALL = 1 << 15
 
 
 def _is_named(entry: Any) -> bool:
@@ -60,7 +66,8 @@ class Optimizer:
         self._index: dict[int, int] = {}
         self._names: set[str] = set()
         self._rules: dict[int, tuple[tuple, spec.Rule]] = {}
-        self._scratch = inplace.Scratch()
+        self._scratch = Scratch()
+        self._flat = Scratch()
         entries = list(params)
         if not entries:
             raise ValueError(f"{type(self).__name__} got an empty parameter list")
@@ -166,21 +173,18 @@ class Optimizer:
         With ``lr``/``lr_factor`` each group's base lr stays ``group["lr"]``; it matters for the
         official AdamW pair, whose decay uses the unscheduled base lr.
 
-        All-or-nothing: every gradient and state is checked (and, on the spec path, every new
-        value computed) first; if any gradient is non-finite or mismatched, the error (naming the
-        parameter) leaves all parameters and state untouched.
+        All-or-nothing: every gradient and state is checked (``rule.prepare``) before anything is
+        written; if any gradient is non-finite or mismatched, the error (naming the parameter)
+        leaves all parameters and state untouched.
 
-        Speed: without ``record``, rules with an in-place twin in :mod:`minisage.optim.inplace`
-        (adam, adamw and the official four) write into the parameter and its state with reused
-        buffers -- the spec's arithmetic bit for bit, without its new arrays.
+        With ``record``, ``last_trace[name]`` is the trace ``rule.step`` would return.
         """
         if lr is not None and lr_factor is not None:
             raise ValueError(f"{type(self).__name__}.step: give lr or lr_factor, not both")
         loss = closure() if closure is not None else None
-        pending, fast = [], []
+        checked: list[tuple[int, str, spec.Rule, Prepared]] = []
         for gi, group in enumerate(self.param_groups):
             rule = self._rule(gi)
-            kernel = None if self.record else inplace.kernel_for(rule)
             lr_t = lr if lr_factor is None else group["lr"] * float(lr_factor)
             for p, name in zip(group["params"], group["names"]):
                 if p.grad is None:
@@ -189,25 +193,75 @@ class Optimizer:
                 state = self.state.get(idx)
                 if state is None:
                     state = rule.init(p.data)
-                if kernel is not None:  # checked now, written in place below
-                    g, step_lr, sq = inplace.check(rule, p.data, p.grad, state, lr_t, name,
-                                                   self._scratch)
-                    fast.append((kernel, rule, p.data, g, state, step_lr, sq))
-                    pending.append((p, idx, name, None, state, None))
-                    continue
-                new_p, new_state, trace = rule.step(p.data, p.grad, state, lr=lr_t, name=name,
-                                                    trace=self.record)
-                pending.append((p, idx, name, new_p, new_state, trace))
-        inplace.apply(fast, self._scratch)
-        traces: dict[str, dict[str, np.ndarray]] = {}
-        for p, idx, name, new_p, new_state, trace in pending:
-            if new_p is not None:  # (None: updated in place above)
-                p.data[...] = new_p
-            self.state[idx] = new_state
-            if self.record:
-                traces[name] = trace
-        self.last_trace = traces if self.record else None
+                prep = rule.prepare(p.data, p.grad, state, lr_t, name=name, scratch=self._scratch)
+                checked.append((idx, name, rule, prep))
+        # every step is checked: from here on, write
+        traces: dict[str, dict[str, np.ndarray]] | None = {} if self.record else None
+        batches: dict[tuple, list[tuple[str, spec.Rule, Prepared]]] = {}
+        for _, name, rule, prep in checked:
+            key = (id(rule), prep.lr, prep.t, prep.param.dtype)
+            batches.setdefault(key if prep.param.size <= SMALL else (name,), []).append(
+                (name, rule, prep))
+        for batch in batches.values():
+            if len(batch) == 1:
+                self._update_one(*batch[0], traces)
+            else:
+                self._update_batch(batch, traces)
+        for idx, _, _, prep in checked:
+            prep.state["step"] = prep.t
+            self.state[idx] = prep.state
+        # traces in parameter order
+        self.last_trace = None if traces is None else {name: traces[name]
+                                                       for _, name, _, _ in checked}
         return loss
+
+    def _update_one(self, name: str, rule: spec.Rule, prep: Prepared,
+                    traces: dict | None) -> None:
+        """One parameter, in place."""
+        old = np.array(prep.param, copy=True) if traces is not None else None
+        trace = {} if traces is not None else None
+        g = prep.grad if prep.clip is None else prep.clipped_grad(
+            out=self._scratch.get(0, prep.grad))
+        rule.update_into(prep.param, g, prep.state, prep.t, prep.lr, self._scratch, trace)
+        if traces is not None:
+            traces[name] = _finish_trace(trace, prep.lr, prep.param, old)
+
+    def _update_batch(self, batch: list[tuple[str, spec.Rule, Prepared]],
+                      traces: dict | None) -> None:
+        """Small parameters sharing a rule, an lr and a step count: concatenated into flat arrays,
+        updated in one call of the kernel, copied back (elementwise, so the numbers are those of
+        one call per parameter)."""
+        _, rule, first = batch[0]
+        preps = [prep for _, _, prep in batch]
+        bounds = np.cumsum([0] + [prep.param.size for prep in preps]).tolist()
+        total, dtype = bounds[-1], first.param.dtype
+
+        def gather(i: int, arrays) -> np.ndarray:
+            return np.concatenate([a.reshape(-1) for a in arrays],
+                                  out=self._flat.take(i, (total,), dtype, total))
+
+        flat_p = gather(0, [prep.param for prep in preps])
+        flat_g = gather(1, [prep.grad for prep in preps])
+        for prep, a, b in zip(preps, bounds, bounds[1:]):
+            if prep.clip is not None:
+                # g = g * c   (per tensor)
+                flat_g[a:b] *= prep.clip
+        keys = rule.array_keys
+        flat_state = {k: gather(2 + i, [prep.state[k] for prep in preps])
+                      for i, k in enumerate(keys)}
+        old = np.array(flat_p, copy=True) if traces is not None else None
+        trace = {} if traces is not None else None
+        rule.update_into(flat_p, flat_g, flat_state, first.t, first.lr, self._scratch, trace)
+        for prep, a, b in zip(preps, bounds, bounds[1:]):
+            shape = prep.param.shape
+            prep.param[...] = flat_p[a:b].reshape(shape)
+            for k in keys:
+                prep.state[k][...] = flat_state[k][a:b].reshape(shape)
+        if traces is not None:
+            flat_trace = _finish_trace(trace, first.lr, flat_p, old)
+            for (name, _, prep), a, b in zip(batch, bounds, bounds[1:]):
+                traces[name] = {k: v if k == "lr" else v[a:b].reshape(prep.param.shape)
+                                for k, v in flat_trace.items()}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear the gradients: set them to None (default, as torch) or fill them with zeros."""
@@ -295,6 +349,14 @@ class Optimizer:
             hp = ", ".join(f"{k}={g[k]!r}" for k in self._hp_names)
             lines.append(f"  group {gi}: {len(g['params'])} params, sage={g['sage']}, {hp}")
         return "\n".join(lines) + "\n)"
+
+
+def _finish_trace(trace: dict, lr: float, new: np.ndarray, old: np.ndarray) -> dict:
+    """The kernel's trace plus ``lr`` and ``update`` (new - old), as ``rule.step`` returns it."""
+    trace["lr"] = np.asarray(lr)
+    # update = new param - old param
+    trace["update"] = np.asarray(new - old)
+    return trace
 
 
 def _freeze(value: Any) -> Any:

@@ -10,8 +10,10 @@
 Presets (``spec.presets()``): ``sgd``, ``adam``, ``adamw``, ``adamax`` reproduce ``torch.optim``;
 ``bert-adamw``, ``bert-adamax``, ``adamw-sage``, ``adamax-sage`` reproduce the official SAGE code
 (cliang1453/SAGE ``module/bert_optim.py``); ``adam-sage`` is the paper's Algorithm 1 as read in
-SAGE_SPEC.md. Each rule's docstring (``help(spec.rule_class(name))``) gives its full update, the
-symbol-to-argument mapping and where it differs from the others.
+docs/spec.md section 4. Each rule's docstring (``help(spec.rule_class(name))``) gives its full
+update, the symbol-to-argument mapping and where it differs from the others; its ``update_into``
+is the one place the update is written as code (``rule.prepare`` does the checks, the lr and the
+clipping factor; ``rule.step`` runs both on copies; :mod:`minisage.optim` runs them in place).
 
 The SAGE pieces are public: :func:`sensitivity`, :func:`sensitivity_ema`, :func:`uncertainty`,
 :func:`lr_multiplier`, :func:`bias_correct`. So are the schedules and the clipping rules.
@@ -23,10 +25,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from minisage.spec.clipping import clip_global_norm, clip_per_tensor, global_norm, grad_norm
+from minisage.spec.clipping import (
+    clip_factor,
+    clip_global_norm,
+    clip_per_tensor,
+    global_norm,
+    grad_norm,
+)
 from minisage.spec.official import AdamaxSAGERule, AdamWSAGERule, BertAdamaxRule, BertAdamWRule
 from minisage.spec.paper import AdamSAGERule
-from minisage.spec.rule import REQUIRED, Rule
+from minisage.spec.rule import REQUIRED, Prepared, Rule, Scratch
 from minisage.spec.sage import (
     bias_correct,
     lr_multiplier,
@@ -83,9 +91,9 @@ def make(name: str, **hparams: Any) -> Rule:
 
 
 __all__ = [
-    "make", "presets", "defaults", "rule_class", "Rule", "REQUIRED",
+    "make", "presets", "defaults", "rule_class", "Rule", "REQUIRED", "Prepared", "Scratch",
     "sensitivity", "sensitivity_ema", "uncertainty", "lr_multiplier", "bias_correct",
-    "clip_per_tensor", "clip_global_norm", "global_norm", "grad_norm",
+    "clip_per_tensor", "clip_factor", "clip_global_norm", "global_norm", "grad_norm",
     "constant", "warmup_linear", "warmup_constant", "warmup_linear_xdl", "linear_warmup_decay",
     "cosine", "make_schedule", "official_lr", "OFFICIAL_SCHEDULES",
     "SGDRule", "AdamRule", "AdamWRule", "AdamaxRule", "BertAdamWRule", "BertAdamaxRule",

@@ -1,9 +1,9 @@
 """Gradient clipping: per tensor (the official SAGE optimizers) and by global norm (torch's rule).
 
 Both follow ``torch.nn.utils.clip_grad_norm_``: with ``n`` the 2-norm,
-``c = max_norm / (n + 1e-6)``, and the gradient is scaled by ``c`` only where ``c < 1``. They are
-pure: an unchanged gradient is returned as the same array, a clipped one as a new array, and the
-arithmetic stays in the gradient's dtype.
+``c = max_norm / (n + 1e-6)``, and the gradient is scaled by ``c`` only where ``c < 1``
+(:func:`clip_factor`). They are pure: an unchanged gradient is returned as the same array, a
+clipped one as a new array, and the arithmetic stays in the gradient's dtype.
 """
 
 from __future__ import annotations
@@ -13,9 +13,20 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def grad_norm(g: np.ndarray) -> np.floating:
-    """``||g||_2`` in ``g``'s dtype."""
-    return np.sqrt(np.sum(g * g))
+def grad_norm(g: np.ndarray, *, out: np.ndarray | None = None) -> np.floating:
+    """``||g||_2`` in ``g``'s dtype. ``out``: optional room for ``g * g`` (``g``'s shape)."""
+    # n = sqrt(sum(g * g))
+    return np.sqrt(np.sum(np.multiply(g, g, out=out)))
+
+
+def clip_factor(max_norm: float, n) -> np.floating | None:
+    """The factor clipping applies to a gradient of norm ``n``: ``c = max_norm / (n + 1e-6)``
+    where ``c < 1``, else None (nothing to clip). ``max_norm <= 0`` turns clipping off (None)."""
+    if max_norm <= 0:
+        return None
+    # c = max_norm / (n + 1e-6)
+    c = max_norm / (n + 1e-6)
+    return c if c < 1 else None
 
 
 def clip_per_tensor(g: np.ndarray, max_grad_norm: float) -> np.ndarray:
@@ -26,14 +37,9 @@ def clip_per_tensor(g: np.ndarray, max_grad_norm: float) -> np.ndarray:
     """
     if max_grad_norm <= 0:
         return g
-    # n = ||g||_2
-    n = grad_norm(g)
-    # c = max_grad_norm / (n + 1e-6)
-    c = max_grad_norm / (n + 1e-6)
-    if c < 1:
-        # g = g * c
-        return g * c
-    return g
+    c = clip_factor(max_grad_norm, grad_norm(g))
+    # g = g * c
+    return g if c is None else g * c
 
 
 def global_norm(grads: Sequence[np.ndarray]) -> float:
@@ -53,7 +59,8 @@ def clip_global_norm(grads: Sequence[np.ndarray], max_norm: float):
     if not max_norm > 0:
         raise ValueError(f"clip_global_norm: max_norm must be in (0, inf), got {max_norm!r}")
     total = global_norm(grads)
-    c = max_norm / (total + 1e-6)
-    if c < 1:
-        return [g * np.asarray(c, dtype=g.dtype) for g in grads], total
-    return list(grads), total
+    c = clip_factor(max_norm, total)
+    if c is None:
+        return list(grads), total
+    # g = g * c, for every gradient
+    return [g * np.asarray(c, dtype=g.dtype) for g in grads], total

@@ -17,15 +17,9 @@ from typing import Any
 import numpy as np
 
 from minisage.spec import _checks
-from minisage.spec.clipping import clip_per_tensor
+from minisage.spec.moments import first_moment_into, infinity_moment_into, second_moment_into
 from minisage.spec.rule import REQUIRED, Rule
-from minisage.spec.sage import (
-    bias_correct,
-    lr_multiplier,
-    sensitivity,
-    sensitivity_ema,
-    uncertainty,
-)
+from minisage.spec.sage import multiplier_into
 from minisage.spec.schedules import OFFICIAL_SCHEDULES, official_lr
 
 
@@ -75,6 +69,9 @@ class _OfficialRule(Rule):
         out["max_grad_norm"] = _checks.real(n, "max_grad_norm", hp["max_grad_norm"],
                                             range_text="(-inf, inf) (<= 0 turns clipping off)")
         return out
+
+    def _max_grad_norm(self) -> float:
+        return self.hparams["max_grad_norm"]
 
     def _scheduled_lr(self, lr: float | None, step: int) -> float:
         """The caller's ``lr`` if given, else the official in-optimizer schedule at ``step``."""
@@ -132,59 +129,51 @@ class BertAdamWRule(_OfficialRule):
             return ("exp_avg", "exp_avg_sq", "sensitivity_ema")
         return ("exp_avg", "exp_avg_sq")
 
-    def _update(self, p, g, state, lr):
+    def _step_lr(self, lr: float | None, step: int) -> float:
+        # lr_t: scheduled with the step count after its increment
+        return self._scheduled_lr(lr, step + 1)
+
+    def update_into(self, p, g, state, t, lr_t, scratch, trace=None):
         h = self.hparams
         b1, b2 = h["betas"]
         eps = h["eps"]
-        # t = t + 1
-        t = state["step"] + 1
-        # g = g * min(1, max_grad_norm / (||g||_2 + 1e-6))        (per tensor; off if <= 0)
-        g = clip_per_tensor(g, h["max_grad_norm"])
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        a, b = scratch.get(1, p), scratch.get(2, p)
         # m = beta1 * m + (1 - beta1) * g
-        m = b1 * state["exp_avg"] + (1 - b1) * g
+        first_moment_into(m, g, b1, out=a)
         # v = beta2 * v + (1 - beta2) * g * g
-        v = b2 * state["exp_avg_sq"] + (1 - b2) * g * g
+        second_moment_into(v, g, b2, out=a)
         # denom = sqrt(v) + eps
-        denom = np.sqrt(v) + eps
-        # s = lr_t, the lr scheduled with the incremented step count
-        lr_t = self._scheduled_lr(lr, t)
-        s = lr_t
-        new_state: dict[str, Any] = {"step": t, "exp_avg": m, "exp_avg_sq": v}
-        trace: dict[str, np.ndarray] = {"lr": np.asarray(lr_t)}
+        denom = np.sqrt(v, out=a)
+        denom += eps
         bias_correction1 = 1 - b1**t
         bias_correction2 = 1 - b2**t
         if self.sage:
-            b3 = h["beta3"]
-            # I = |p * g|
-            I = sensitivity(p, g)  # noqa: E741
-            # Ibar = beta3 * Ibar + (1 - beta3) * I
-            Ibar = sensitivity_ema(state["sensitivity_ema"], I, b3)
-            # Ihat = Ibar / (1 - beta3^t) if correct_bias, else Ibar
-            Ihat = bias_correct(Ibar, b3, t) if h["correct_bias"] else Ibar
-            # U = |I - Ihat|
-            U = uncertainty(I, Ihat)
-            # r = U / (Ihat + eps^2)
-            r = lr_multiplier(U, Ihat, eps**2)
+            # r = U / (Ihat + eps^2), from I = |p * g|, Ibar and Ihat = Ibar / (1 - beta3^t)
+            # (Ihat = Ibar without correct_bias)
+            r = multiplier_into(p, g, state["sensitivity_ema"], h["beta3"], eps**2,
+                                out=scratch.get(3, p), work=b,
+                                correct_bias_at=t if h["correct_bias"] else None, trace=trace)
             # s = lr_t * r
-            s = s * r
+            s = np.multiply(lr_t, r, out=r)
             if h["correct_bias"]:
                 # s = s * (sqrt(1 - beta2^t) / (1 - beta1^t))   (the official grouping on this path)
-                s = s * (math.sqrt(bias_correction2) / bias_correction1)
+                s *= math.sqrt(bias_correction2) / bias_correction1
             # p = p - (m / denom) * s
-            new_p = p - m / denom * s
-            new_state["sensitivity_ema"] = Ibar
-            trace.update(sensitivity=I, sensitivity_ema=Ibar, sensitivity_ema_hat=Ihat,
-                         uncertainty=U, lr_multiplier=r)
+            step = np.divide(m, denom, out=denom)
+            step *= s
         else:
+            s = lr_t
             if h["correct_bias"]:
                 # s = s * sqrt(1 - beta2^t) / (1 - beta1^t)
                 s = s * math.sqrt(bias_correction2) / bias_correction1
             # p = p - s * m / denom
-            new_p = p - s * m / denom
+            step = np.multiply(s, m, out=b)
+            step /= denom
+        p -= step
         if h["weight_decay"] > 0:
             # p = p - lr * weight_decay * p       (base lr, after the update)
-            new_p = new_p - h["lr"] * h["weight_decay"] * new_p
-        return new_p, new_state, trace
+            p -= np.multiply(h["lr"] * h["weight_decay"], p, out=a)
 
 
 class AdamWSAGERule(BertAdamWRule):
@@ -268,45 +257,38 @@ class BertAdamaxRule(_OfficialRule):
             return ("exp_avg", "exp_inf", "sensitivity_ema")
         return ("exp_avg", "exp_inf")
 
-    def _update(self, p, g, state, lr):
+    def _step_lr(self, lr: float | None, step: int) -> float:
+        # lr_t: scheduled with the step count *before* its increment
+        return self._scheduled_lr(lr, step)
+
+    def update_into(self, p, g, state, t, lr_t, scratch, trace=None):
         h = self.hparams
         b1, b2 = h["betas"]
         eps = h["eps"]
-        t = state["step"]
-        # g = g * min(1, max_grad_norm / (||g||_2 + 1e-6))        (per tensor; off if <= 0)
-        g = clip_per_tensor(g, h["max_grad_norm"])
+        m, u = state["exp_avg"], state["exp_inf"]
+        a, b = scratch.get(1, p), scratch.get(2, p)
         # m = beta1 * m + (1 - beta1) * g
-        m = b1 * state["exp_avg"] + (1 - b1) * g
+        first_moment_into(m, g, b1, out=a)
         # u = max(beta2 * u, |g| + eps)
-        u = np.maximum(b2 * state["exp_inf"], np.abs(g) + eps)
+        infinity_moment_into(u, g, b2, eps, out=a)
         # update = m / (u + eps)
-        update = m / (u + eps)
-        new_state: dict[str, Any] = {"step": t + 1, "exp_avg": m, "exp_inf": u}
+        update = np.divide(m, np.add(u, eps, out=a), out=a)
         if self.sage:
-            # I = |p * g|
-            I = sensitivity(p, g)  # noqa: E741
-            # Ibar = beta3 * Ibar + (1 - beta3) * I
-            Ibar = sensitivity_ema(state["sensitivity_ema"], I, h["beta3"])
-            new_state["sensitivity_ema"] = Ibar
+            # r = U / (Ibar + eps^2), from I = |p * g| and Ibar (no bias correction)
+            r = multiplier_into(p, g, state["sensitivity_ema"], h["beta3"], eps**2,
+                                out=scratch.get(3, p), work=b, trace=trace)
         if h["weight_decay"] > 0:
             # update = update + weight_decay * p
-            update = update + h["weight_decay"] * p
-        # s = lr_t, the lr scheduled with the step count *before* its increment
-        lr_t = self._scheduled_lr(lr, t)
-        s = lr_t
-        trace: dict[str, np.ndarray] = {"lr": np.asarray(lr_t)}
+            update += np.multiply(h["weight_decay"], p, out=b)
         if self.sage:
-            # U = |I - Ibar|
-            U = uncertainty(I, Ibar)
-            # r = U / (Ibar + eps^2)
-            r = lr_multiplier(U, Ibar, eps**2)
             # s = lr_t * r
-            s = s * r
-            trace.update(sensitivity=I, sensitivity_ema=Ibar, sensitivity_ema_hat=Ibar,
-                         uncertainty=U, lr_multiplier=r)
-        # p = p - s * update ;  t = t + 1
-        new_p = p - s * update
-        return new_p, new_state, trace
+            s = np.multiply(lr_t, r, out=r)
+            # p = p - s * update
+            update *= s
+        else:
+            # p = p - lr_t * update
+            update *= lr_t
+        p -= update
 
 
 class AdamaxSAGERule(BertAdamaxRule):
@@ -342,3 +324,4 @@ class AdamaxSAGERule(BertAdamaxRule):
                 "betas": (0.9, 0.999), "beta3": 0.75, "eps": 1e-6, "weight_decay": 0.01,
                 "max_grad_norm": 1.0}
     sage = True
+

@@ -1,6 +1,6 @@
 """``adam-sage``: SAGE on Adam as the paper states it (Liang et al., ICLR 2022, Algorithm 1).
 
-This is a reading of the paper, not a reproduction of code (SAGE_SPEC.md section 4).
+This is a reading of the paper, not a reproduction of code (docs/spec.md section 4).
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 
 from minisage.spec import _checks
+from minisage.spec.moments import adam_denominator, lerp_moment_into, second_moment_into
 from minisage.spec.rule import Rule
-from minisage.spec.sage import lr_multiplier, sensitivity, sensitivity_ema, uncertainty
+from minisage.spec.sage import multiplier_into
 
 
 class AdamSAGERule(Rule):
@@ -67,33 +68,26 @@ class AdamSAGERule(Rule):
     def array_keys(self) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq", "sensitivity_ema")
 
-    def _update(self, p, g, state, lr):
+    def update_into(self, p, g, state, t, lr_t, scratch, trace=None):
         h = self.hparams
         b1, b2 = h["betas"]
         wd = h["weight_decay"]
-        lr_t = self._base_lr(lr)
-        # t = t + 1
-        t = state["step"] + 1
-        # I = |p * g|
-        I = sensitivity(p, g)  # noqa: E741
-        # Ibar = beta3 * Ibar + (1 - beta3) * I
-        Ibar = sensitivity_ema(state["sensitivity_ema"], I, h["beta3"])
-        # U = |I - Ibar|
-        U = uncertainty(I, Ibar)
-        # r = U / (Ibar + sage_eps)
-        r = lr_multiplier(U, Ibar, h["sage_eps"])
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        a = scratch.get(1, p)
+        # r = U / (Ibar + sage_eps), from I = |p * g| (p before this step) and Ibar
+        r = multiplier_into(p, g, state["sensitivity_ema"], h["beta3"], h["sage_eps"],
+                            out=scratch.get(3, p), work=a, trace=trace)
         if wd != 0:
             # p = p * (1 - lr_t * weight_decay)
-            p = p * (1 - lr_t * wd)
+            p *= 1 - lr_t * wd
         # m = m + (1 - beta1) * (g - m)
-        m = state["exp_avg"] + (1 - b1) * (g - state["exp_avg"])
+        lerp_moment_into(m, g, b1, out=a)
         # v = beta2 * v + (1 - beta2) * g * g
-        v = b2 * state["exp_avg_sq"] + (1 - b2) * g * g
+        second_moment_into(v, g, b2, out=a)
         # denom = sqrt(v) / sqrt(1 - beta2^t) + eps
-        denom = np.sqrt(v) / (1 - b2**t) ** 0.5 + h["eps"]
+        denom = adam_denominator(v, b2, t, h["eps"], out=a)
         # p = p - (lr_t / (1 - beta1^t)) * r * m / denom
-        new_p = p - (lr_t / (1 - b1**t)) * r * m / denom
-        new_state = {"step": t, "exp_avg": m, "exp_avg_sq": v, "sensitivity_ema": Ibar}
-        trace = {"lr": np.asarray(lr_t), "sensitivity": I, "sensitivity_ema": Ibar,
-                 "sensitivity_ema_hat": Ibar, "uncertainty": U, "lr_multiplier": r}
-        return new_p, new_state, trace
+        step = np.multiply(lr_t / (1 - b1**t), r, out=r)
+        step *= m
+        step /= denom
+        p -= step

@@ -8,19 +8,32 @@ A rule is made once from its hyperparameters and is then a pure function of
     param, state, trace = rule.step(param, grad, state, lr=None)
 
 ``step`` never writes into its arguments, returns new arrays, and computes in ``param``'s dtype
-(a gradient of another float dtype is cast to it first). A subclass states its hyperparameters and
-defaults in ``defaults``, checks them in ``_validate``, and writes its update equations in
-``_update``.
+(a gradient of another float dtype is cast to it first). It is two halves, both public:
+
+- :meth:`Rule.prepare`: everything per tensor that is not elementwise -- the checks (dtype, shape,
+  finite gradient, state, lr), this step's lr (a schedule where the rule has one), the step count
+  and the per-tensor clipping factor. It reads its inputs and writes nothing.
+- :meth:`Rule.update_into`: the update equations, the only place they are written as code: an
+  in-place kernel over arrays of any matching shape (a tensor, a block of one, or several
+  tensors concatenated), each line under the equation it computes.
+
+``step`` runs the kernel on copies; :class:`minisage.optim.Optimizer` runs it on the parameters
+themselves (small ones batched into flat arrays), so both give the same numbers bit for bit.
+
+A subclass states its hyperparameters and defaults in ``defaults``, checks them in ``_validate``,
+and writes its update in ``update_into``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
 from minisage.spec import _checks
+from minisage.spec.clipping import clip_factor, grad_norm
 
 
 class _Required:
@@ -30,6 +43,53 @@ class _Required:
 
 #: Marks a hyperparameter without a default (the official Adamax pair's ``lr``).
 REQUIRED: Any = _Required()
+
+
+class Scratch:
+    """Reusable temporaries for the update kernels: ``get(i, like)`` is buffer ``i`` viewed with
+    ``like``'s shape and dtype (its contents are garbage). A kernel uses each index for one thing
+    at a time. Index 0 holds a gradient the caller clipped or the kernel rewrote (``-g``,
+    ``g + weight_decay * p``): elementwise, so writing it over itself is safe."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[int, np.dtype], np.ndarray] = {}
+
+    def get(self, i: int, like: np.ndarray) -> np.ndarray:
+        return self.take(i, like.shape, like.dtype, like.size)
+
+    def take(self, i: int, shape: tuple[int, ...], dtype: np.dtype,
+             size: int | None = None) -> np.ndarray:
+        """Buffer ``i`` viewed with ``shape`` and ``dtype`` (grown when too small)."""
+        size = math.prod(shape) if size is None else size
+        buf = self._buffers.get((i, dtype))
+        if buf is None or buf.size < size:
+            buf = self._buffers[(i, dtype)] = np.empty(max(size, 1), dtype)
+        return buf[:size].reshape(shape)
+
+
+class Prepared(NamedTuple):
+    """One checked step of one tensor, as :meth:`Rule.prepare` returns it (nothing copied)."""
+
+    #: the parameter, as an array
+    param: np.ndarray
+    #: the gradient, in the parameter's dtype and shape, not yet clipped
+    grad: np.ndarray
+    #: the checked state: ``{"step": int, key: array}`` (the caller's arrays)
+    state: dict[str, Any]
+    #: ``state["step"] + 1``: the step count after this step (1 at the first), which the bias
+    #: corrections use; it is the new state's ``step``
+    t: int
+    #: this step's learning rate
+    lr: float
+    #: the per-tensor clipping factor ``c`` (``g = g * c``), or None where nothing is clipped
+    clip: Any
+
+    def clipped_grad(self, out: np.ndarray | None = None) -> np.ndarray:
+        """The gradient after clipping: ``grad * clip``, or ``grad`` itself where no clipping."""
+        if self.clip is None:
+            return self.grad
+        # g = g * c
+        return np.multiply(self.grad, self.clip, out=out)
 
 
 class Rule:
@@ -89,6 +149,86 @@ class Rule:
             state[key] = np.zeros_like(p)
         return state
 
+    def prepare(self, param: np.ndarray, grad: np.ndarray, state: Mapping[str, Any],
+                lr: float | None = None, *, name: str | None = None,
+                scratch: Scratch | None = None) -> Prepared:
+        """Check one step's inputs and work out everything that is not elementwise.
+
+        Returns :class:`Prepared`: the parameter, the gradient in its dtype, the checked state,
+        the step count ``t`` the kernel uses, this step's lr (``lr``, the caller's scheduled lr,
+        or the rule's own: its base ``lr`` or, for an official preset made with ``t_total``, its
+        internal schedule) and the per-tensor clipping factor of the official presets. Writes
+        nothing (``scratch``, optional, is room for the gradient norm).
+
+        Raises FloatingPointError if ``grad`` has a NaN or infinity, ValueError on a shape
+        mismatch, a malformed state or a negative ``lr``, TypeError on a non-float array.
+        """
+        label = f"parameter {name!r}" if name else "the parameter"
+        p = self._check_param(param, label)
+        g = self._check_grad(grad, p, label)
+        max_norm = self._max_grad_norm()
+        # One pass decides finiteness: a finite sum (or norm) means finite entries (inf and nan
+        # propagate; only an overflow of finite entries needs the second look).
+        with np.errstate(over="ignore", invalid="ignore"):
+            if max_norm > 0:  # the clipping rules need ||g|| anyway
+                room = scratch.get(0, g) if scratch is not None and g.flags.c_contiguous else None
+                total = norm = grad_norm(g, out=room)
+            else:
+                total = g.sum()
+        if not math.isfinite(total) and not np.isfinite(g).all():
+            bad = int(g.size - np.count_nonzero(np.isfinite(g)))
+            raise FloatingPointError(
+                f"{self.name}: non-finite gradient for {label} ({bad} of {g.size} entries are "
+                "NaN or infinite); the parameter and its state were left unchanged")
+        st = self._check_state(state, p, label)
+        if lr is not None:
+            lr = _checks.nonneg(self.name, "lr", lr)
+        lr_t = self._step_lr(lr, st["step"])
+        clip = clip_factor(max_norm, norm) if max_norm > 0 else None
+        return Prepared(p, g, st, st["step"] + 1, lr_t, clip)
+
+    def update_into(self, p: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray], t: int,
+                    lr_t: float, scratch: Scratch, trace: dict | None = None) -> None:
+        """The update equations, in place: the one statement of this rule's update.
+
+        Elementwise on arrays of any matching shape. ``p`` and the arrays of ``state`` (the
+        rule's ``array_keys``) are updated in place; ``g`` (already clipped) is only read; ``t``
+        is :attr:`Prepared.t`, ``lr_t`` this step's lr; ``scratch`` holds the temporaries.
+        ``trace``, when a dict, receives copies of the SAGE quantities (``sensitivity``,
+        ``sensitivity_ema``, ``sensitivity_ema_hat``, ``uncertainty``, ``lr_multiplier``).
+        """
+        raise NotImplementedError
+
+    def step(self, param: np.ndarray, grad: np.ndarray, state: Mapping[str, Any],
+             lr: float | None = None, *, name: str | None = None,
+             trace: bool = True) -> tuple[np.ndarray, dict[str, Any], dict[str, np.ndarray]]:
+        """One update. Returns ``(new_param, new_state, trace)``; the inputs are left untouched.
+
+        ``lr``: this step's scheduled learning rate; ``None`` uses the rule's own (the base ``lr``,
+        or, for an official preset made with ``t_total``, its internal schedule). ``name`` names the
+        parameter in error messages. ``trace=False`` returns an empty trace (saves one subtraction).
+        The trace holds ``lr``, ``update`` (new param - old param) and, for SAGE rules, the
+        sensitivity and its kin (see :meth:`update_into`).
+
+        Raises FloatingPointError if ``grad`` has a NaN or infinity, ValueError on a shape
+        mismatch, a malformed state or a negative ``lr``; in every case nothing is modified.
+        """
+        prep = self.prepare(param, grad, state, lr, name=name)
+        new_p = np.array(prep.param, copy=True)
+        new_state: dict[str, Any] = {key: np.array(prep.state[key], copy=True)
+                                     for key in self.array_keys}
+        tr: dict[str, np.ndarray] | None = {} if trace else None
+        self.update_into(new_p, prep.clipped_grad(), new_state, prep.t, prep.lr, Scratch(), tr)
+        new_state = {"step": prep.t, **new_state}
+        if tr is None:
+            return new_p, new_state, {}
+        tr["lr"] = np.asarray(prep.lr)
+        # update = new param - old param
+        tr["update"] = np.asarray(new_p - prep.param)
+        return new_p, new_state, tr
+
+    # -- internals ------------------------------------------------------------------------------
+
     def _check_grad(self, grad, p: np.ndarray, label: str) -> np.ndarray:
         """``grad`` as an array of ``p``'s shape and dtype, or ValueError/TypeError naming it."""
         g = np.asarray(grad)
@@ -102,61 +242,29 @@ class Rule:
             g = g.astype(p.dtype)
         return g
 
-    def step(self, param: np.ndarray, grad: np.ndarray, state: Mapping[str, Any],
-             lr: float | None = None, *, name: str | None = None,
-             trace: bool = True) -> tuple[np.ndarray, dict[str, Any], dict[str, np.ndarray]]:
-        """One update. Returns ``(new_param, new_state, trace)``; the inputs are left untouched.
-
-        ``lr``: this step's scheduled learning rate; ``None`` uses the rule's own (the base ``lr``,
-        or, for an official preset made with ``t_total``, its internal schedule). ``name`` names the
-        parameter in error messages. ``trace=False`` returns an empty trace (saves one subtraction).
-
-        Raises FloatingPointError if ``grad`` has a NaN or infinity, ValueError on a shape
-        mismatch, a malformed state or a negative ``lr``; in every case nothing is modified.
-        """
-        label = f"parameter {name!r}" if name else "the parameter"
-        p = self._check_param(param, label)
-        g = self._check_grad(grad, p, label)
-        if not np.isfinite(g).all():
-            bad = int(g.size - np.count_nonzero(np.isfinite(g)))
-            raise FloatingPointError(
-                f"{self.name}: non-finite gradient for {label} ({bad} of {g.size} entries are "
-                "NaN or infinite); the parameter and its state were left unchanged")
-        st = self._check_state(state, p, label)
-        if lr is not None:
-            lr = _checks.nonneg(self.name, "lr", lr)
-        new_p, new_state, tr = self._update(p, g, st, lr)
-        # NumPy turns 0-d results into scalars; keep them arrays
-        new_p = np.asarray(new_p)
-        for key in self.array_keys:
-            new_state[key] = np.asarray(new_state[key])
-        if not trace:
-            return new_p, new_state, {}
-        for key, value in tr.items():
-            tr[key] = np.asarray(value)
-        # update = new param - old param
-        tr["update"] = np.asarray(new_p - p)
-        return new_p, new_state, tr
-
-    # -- internals ------------------------------------------------------------------------------
-
     def _check_param(self, param: np.ndarray, label: str) -> np.ndarray:
         p = np.asarray(param)
-        if not np.issubdtype(p.dtype, np.floating):
+        if p.dtype.kind != "f":  # (np.issubdtype(p.dtype, np.floating), faster)
             raise TypeError(f"{self.name}: param must be a floating-point array, got dtype "
                             f"{p.dtype} ({label})")
         return p
 
     def _check_state(self, state: Mapping[str, Any], p: np.ndarray, label: str) -> dict[str, Any]:
+        keys = self.array_keys
+        step = state.get("step") if isinstance(state, dict) else None
+        if (type(step) is int and step >= 0 and len(state) == len(keys) + 1
+                and all(type(a := state.get(k)) is np.ndarray and a.shape == p.shape
+                        and a.dtype == p.dtype for k in keys)):
+            return dict(state)  # the common case, checked quickly: already in normal form
         if not isinstance(state, Mapping):
             raise ValueError(f"{self.name}: state must be a mapping as returned by init(), got "
                              f"{type(state).__name__} ({label})")
-        expected = {"step", *self.array_keys}
+        expected = {"step", *keys}
         if set(state) != expected:
             raise ValueError(f"{self.name}: state keys {sorted(state)} are not the expected "
                              f"{sorted(expected)} ({label})")
         st: dict[str, Any] = {"step": _checks.step_count(self.name, state["step"], label)}
-        for key in self.array_keys:
+        for key in keys:
             a = np.asarray(state[key])
             if a.shape != p.shape or a.dtype != p.dtype:
                 raise ValueError(f"{self.name}: state[{key!r}] has shape {a.shape} and dtype "
@@ -169,8 +277,11 @@ class Rule:
         """This step's lr: the caller's scheduled ``lr`` if given, else the rule's base ``lr``."""
         return self.hparams["lr"] if lr is None else lr
 
-    def _update(self, p: np.ndarray, g: np.ndarray, state: dict[str, Any],
-                lr: float | None) -> tuple[np.ndarray, dict[str, Any], dict[str, np.ndarray]]:
-        """The update equations. ``lr`` is the caller's override or None. Must not mutate inputs."""
-        raise NotImplementedError
+    def _step_lr(self, lr: float | None, step: int) -> float:
+        """This step's lr from the caller's (checked) ``lr`` and the step count before the step;
+        the official presets override it with their internal schedule."""
+        return self._base_lr(lr)
 
+    def _max_grad_norm(self) -> float:
+        """The per-tensor clipping threshold (<= 0: no clipping, the torch-style rules)."""
+        return -1.0

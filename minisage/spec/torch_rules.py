@@ -11,7 +11,27 @@ from typing import Any
 import numpy as np
 
 from minisage.spec import _checks
-from minisage.spec.rule import Rule
+from minisage.spec.moments import (
+    adam_denominator,
+    infinity_moment_into,
+    lerp_moment_into,
+    second_moment_into,
+)
+from minisage.spec.rule import Rule, Scratch
+
+
+def coupled_grad(p: np.ndarray, g: np.ndarray, maximize: bool, weight_decay: float,
+                 scratch: Scratch) -> np.ndarray:
+    """The gradient torch's rules use: ``-g`` if ``maximize``, plus the L2 term
+    ``weight_decay * p``; ``g`` itself when neither applies, else a new value in scratch buffer 0
+    (buffer 1 is used)."""
+    if maximize:
+        # g = -g
+        g = np.negative(g, out=scratch.get(0, p))
+    if weight_decay != 0:
+        # g = g + weight_decay * p
+        g = np.add(g, np.multiply(weight_decay, p, out=scratch.get(1, p)), out=scratch.get(0, p))
+    return g
 
 
 class SGDRule(Rule):
@@ -59,32 +79,29 @@ class SGDRule(Rule):
     def array_keys(self) -> tuple[str, ...]:
         return ("momentum_buffer",) if self.hparams["momentum"] != 0 else ()
 
-    def _update(self, p, g, state, lr):
+    def update_into(self, p, g, state, t, lr_t, scratch, trace=None):
         h = self.hparams
-        lr_t = self._base_lr(lr)
-        t = state["step"]
-        if h["maximize"]:
-            g = -g
-        if h["weight_decay"] != 0:
-            # g = g + weight_decay * p
-            g = g + h["weight_decay"] * p
-        new_state: dict[str, Any] = {"step": t + 1}
-        if h["momentum"] != 0:
-            if t == 0:
-                # buf = g  (a copy: the state never shares memory with the caller's gradient)
-                buf = g.copy()
+        momentum = h["momentum"]
+        a = scratch.get(1, p)
+        # g = -g if maximize ;  g = g + weight_decay * p
+        g = coupled_grad(p, g, h["maximize"], h["weight_decay"], scratch)
+        if momentum != 0:
+            buf = state["momentum_buffer"]
+            if t == 1:
+                # buf = g
+                np.copyto(buf, g)
             else:
                 # buf = momentum * buf + (1 - dampening) * g
-                buf = h["momentum"] * state["momentum_buffer"] + (1 - h["dampening"]) * g
+                buf *= momentum
+                buf += np.multiply(1 - h["dampening"], g, out=a)
             if h["nesterov"]:
                 # g = g + momentum * buf
-                g = g + h["momentum"] * buf
+                g = np.add(g, np.multiply(momentum, buf, out=a), out=scratch.get(0, p))
             else:
+                # g = buf
                 g = buf
-            new_state["momentum_buffer"] = buf
         # p = p - lr_t * g
-        new_p = p - lr_t * g
-        return new_p, new_state, {"lr": np.asarray(lr_t)}
+        p -= np.multiply(lr_t, g, out=a)
 
 
 class AdamRule(Rule):
@@ -128,34 +145,27 @@ class AdamRule(Rule):
     def array_keys(self) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
 
-    def _update(self, p, g, state, lr):
+    def update_into(self, p, g, state, t, lr_t, scratch, trace=None):
         h = self.hparams
         b1, b2 = h["betas"]
-        wd, eps = h["weight_decay"], h["eps"]
-        lr_t = self._base_lr(lr)
-        # t = t + 1
-        t = state["step"] + 1
-        if h["maximize"]:
-            g = -g
-        if wd != 0:
-            if self.decoupled:
-                # p = p * (1 - lr_t * weight_decay)       (AdamW: decoupled, before the step)
-                p = p * (1 - lr_t * wd)
-            else:
-                # g = g + weight_decay * p                (Adam: L2 in the gradient)
-                g = g + wd * p
+        wd = h["weight_decay"]
+        if self.decoupled and wd != 0:
+            # p = p * (1 - lr_t * weight_decay)       (AdamW: decoupled, before the step)
+            p *= 1 - lr_t * wd
+        # g = -g if maximize ;  g = g + weight_decay * p  (Adam only: L2 in the gradient)
+        g = coupled_grad(p, g, h["maximize"], 0.0 if self.decoupled else wd, scratch)
         m, v = state["exp_avg"], state["exp_avg_sq"]
+        a = scratch.get(1, p)
         # m = m + (1 - beta1) * (g - m)
-        m = m + (1 - b1) * (g - m)
+        lerp_moment_into(m, g, b1, out=a)
         # v = beta2 * v + (1 - beta2) * g * g
-        v = b2 * v + (1 - b2) * g * g
-        bias_correction1 = 1 - b1**t
-        bias_correction2 = 1 - b2**t
+        second_moment_into(v, g, b2, out=a)
         # denom = sqrt(v) / sqrt(1 - beta2^t) + eps
-        denom = np.sqrt(v) / bias_correction2**0.5 + eps
+        denom = adam_denominator(v, b2, t, h["eps"], out=a)
         # p = p - (lr_t / (1 - beta1^t)) * m / denom
-        new_p = p - (lr_t / bias_correction1) * m / denom
-        return new_p, {"step": t, "exp_avg": m, "exp_avg_sq": v}, {"lr": np.asarray(lr_t)}
+        step = np.multiply(lr_t / (1 - b1**t), m, out=scratch.get(2, p))
+        step /= denom
+        p -= step
 
 
 class AdamWRule(AdamRule):
@@ -164,6 +174,7 @@ class AdamWRule(AdamRule):
     Update, with ``t`` the step count after its increment::
 
         t     = t + 1
+        g     = -g                                  if maximize
         p     = p * (1 - lr_t * weight_decay)       (decoupled, scaled by the *current* lr,
                                                      applied before the Adam step)
         m     = m + (1 - beta1) * (g - m)
@@ -218,22 +229,19 @@ class AdamaxRule(Rule):
     def array_keys(self) -> tuple[str, ...]:
         return ("exp_avg", "exp_inf")
 
-    def _update(self, p, g, state, lr):
+    def update_into(self, p, g, state, t, lr_t, scratch, trace=None):
         h = self.hparams
         b1, b2 = h["betas"]
-        lr_t = self._base_lr(lr)
-        # t = t + 1
-        t = state["step"] + 1
-        if h["maximize"]:
-            g = -g
-        if h["weight_decay"] != 0:
-            # g = g + weight_decay * p
-            g = g + h["weight_decay"] * p
         m, u = state["exp_avg"], state["exp_inf"]
+        a = scratch.get(1, p)
+        # g = -g if maximize ;  g = g + weight_decay * p
+        g = coupled_grad(p, g, h["maximize"], h["weight_decay"], scratch)
         # m = m + (1 - beta1) * (g - m)
-        m = m + (1 - b1) * (g - m)
+        lerp_moment_into(m, g, b1, out=a)
         # u = max(beta2 * u, |g| + eps)
-        u = np.maximum(b2 * u, np.abs(g) + h["eps"])
+        infinity_moment_into(u, g, b2, h["eps"], out=a)
         # p = p - (lr_t / (1 - beta1^t)) * m / u
-        new_p = p - (lr_t / (1 - b1**t)) * m / u
-        return new_p, {"step": t, "exp_avg": m, "exp_inf": u}, {"lr": np.asarray(lr_t)}
+        step = np.multiply(lr_t / (1 - b1**t), m, out=a)
+        step /= u
+        p -= step
+
