@@ -23,7 +23,6 @@ float32 arrays stay float32).
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -142,47 +141,3 @@ def backend_functions(backend: str, device: str = "cpu") -> list[tuple[str, str,
         raise UsageError(f"the {backend} backend needs the {backend} extra "
                         f"(pip install 'minisage[{extra}]'): {err}") from None
     return module.golden_step_functions(device)
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", required=True, choices=BACKENDS,
-                        help="the implementation to check: torch (minisage.backends.torch and "
-                             "torch.optim) or jax (minisage.backends.jax, optax)")
-    parser.add_argument("--dtype", choices=DTYPES, default=None,
-                        help="run only the golden cases of this dtype (default: both)")
-    parser.add_argument("--device", default="cpu",
-                        help="cpu (default) or cuda (cuda:N); cuda fails with a clear error "
-                             "where no GPU is available")
-    parser.add_argument("--preset", action="append", default=None, metavar="PRESET",
-                        help="check only this spec preset (repeatable; default: every preset "
-                             "the backend implements)")
-    parser.add_argument("--chain", action="store_true",
-                        help="carry the backend's own state from step to step (default: start "
-                             "every step from the golden state)")
-
-
-def run(args: argparse.Namespace) -> int:
-    device = str(args.device)
-    if device.split(":")[0] not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be cpu or cuda (optionally cuda:N), got {device!r}")
-    functions = backend_functions(args.backend, device)
-    if args.preset:
-        implemented = sorted({preset for _, preset, _ in functions})
-        unknown = [p for p in args.preset if p not in implemented]
-        if unknown:
-            raise ValueError(f"the {args.backend} backend implements no preset "
-                             f"{', '.join(map(repr, unknown))}; it has: {', '.join(implemented)}")
-        functions = [f for f in functions if f[1] in args.preset]
-    dtypes = DTYPES if args.dtype is None else (args.dtype,)
-    rows = check_backend(functions, dtypes, chain=args.chain)
-    print(f"minisage crosscheck: backend {args.backend}, device {device}, "
-          f"{'chained' if args.chain else 'golden'} state; relative error "
-          "|got - expected| / (|expected| + atol/rtol), ok when <= tolerance")
-    print(format_table(rows))
-    failed = [r for r in rows if not r.ok]
-    total = sum(r.cases for r in rows)
-    if failed:
-        print(f"{len(failed)} of {len(rows)} implementations FAILED")
-        return 1
-    print(f"all {len(rows)} implementations agree with the spec on {total} golden runs")
-    return 0

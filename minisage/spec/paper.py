@@ -48,7 +48,7 @@ class AdamSAGERule(Rule):
     """
 
     name = "adam-sage"
-    reproduces = "the paper's Algorithm 1 (our reading; SAGE_SPEC.md section 4), no code"
+    reproduces = "the paper's Algorithm 1 (our reading; docs/spec.md section 4), no code"
     defaults = {"lr": 1e-3, "betas": (0.9, 0.999), "beta3": 0.75, "eps": 1e-8,
                 "sage_eps": 1e-12, "weight_decay": 0.0}
     sage = True
