@@ -29,6 +29,7 @@ EXPECTED_FIGURES = {
                                    "05_ibar_distribution.png", "05_multiplier_distribution.png"],
     "06_redundancy.py": ["06_pruning.png", "06_generalization_gap.png"],
     "07_golden_reference.py": ["07_golden_errors.png"],
+    "08_multiplier.py": ["08_scale_and_noise.png", "08_batch_size.png"],
 }
 TIMEOUT_S = 300  # for all lessons together, started in parallel on a possibly busy machine
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
