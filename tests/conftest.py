@@ -1,4 +1,4 @@
-"""Shared test configuration: hypothesis profiles.
+"""Shared test configuration: one BLAS thread, and the hypothesis profiles.
 
 "ci" is derandomized with no deadline and is chosen when the CI environment variable is set;
 "dev" draws more examples for local runs. Override with HYPOTHESIS_PROFILE=<name>.
@@ -7,6 +7,13 @@
 import os
 
 from hypothesis import HealthCheck, settings
+
+from minisage import runtime
+
+# The test run owns its process, as the command line does: one BLAS thread (the small matrices
+# here run fastest on one, and a fixed count keeps float32 sums in one order). Malloc is left
+# alone: tests/test_runtime.py measures it.
+runtime.tune_process(threads=1, keep_memory=False)
 
 settings.register_profile(
     "ci",

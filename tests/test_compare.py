@@ -206,3 +206,37 @@ def test_processes_do_not_change_the_numbers(tmp_path):
     assert complete
     for a, b in zip(inline, spread):
         assert a["history"] == b["history"] and a["val"] == b["val"]
+
+
+def test_ctrl_c_keeps_the_finished_runs_and_marks_the_summary_partial(tmp_path, monkeypatch):
+    real = cmp.run_job
+    calls = []
+
+    def interrupted_at_the_fourth(job):  # Ctrl-C arrives while the fourth run trains
+        calls.append(job)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(cmp, "run_job", interrupted_at_the_fourth)
+    base = cmp.default_config("sort", steps=3, **TINY)
+    with pytest.raises(KeyboardInterrupt, match="3 finished runs"):
+        cmp.compare(base, ["adamw", "adam-sage"], seeds=3, out=tmp_path, log=lambda _: None)
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["partial"] is True
+    # seed 0 finished for both optimizers, seed 1 for adamw only: the summary pairs seed 0
+    assert saved["optimizers"]["adamw"]["seeds"] == [0]
+    assert len(saved["paired"]["adam-sage"]["test_accuracy"]["per_seed"]) == 1
+    assert (tmp_path / "learning_curves.png").exists()
+
+
+@pytest.mark.parametrize("steps, seeds", [(1, 1), (2, 2)])
+def test_short_runs_and_one_seed_give_a_report_and_every_figure(tmp_path, steps, seeds):
+    base = cmp.default_config("sort", steps=steps, **TINY)
+    summary = cmp.compare(base, ["bert-adamw", "adamw-sage"], seeds=seeds, out=tmp_path,
+                          log=lambda _: None)
+    table = cmp.format_table(summary)
+    assert "nan" not in table and ("CI n/a" in table) == (seeds == 1)
+    for figure in ("learning_curves", "mechanism", "sensitivity", "sensitivity_over_time",
+                   "multiplier_distribution"):
+        assert (tmp_path / f"{figure}.png").stat().st_size > 5000

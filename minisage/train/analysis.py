@@ -27,10 +27,11 @@ def batch_sensitivity(model: Transformer, task: Task, n: int = 512) -> dict[str,
 
 
 def pruning_curve(model: Transformer, task: Task, fractions, criterion: str = "sensitivity",
-                  scores: dict[str, np.ndarray] | None = None) -> list[dict]:
+                  scores: dict[str, np.ndarray] | None = None, split=None) -> list[dict]:
     """Zero the lowest-scoring fraction of the SAGE matrices' entries, for each fraction, and
-    re-evaluate on the validation split. ``criterion``: "sensitivity" (|p * g|, from ``scores``
-    or computed on a training batch) or "magnitude" (|p|). The model is restored afterwards."""
+    re-evaluate on ``split`` (default: the validation split). ``criterion``: "sensitivity"
+    (|p * g|, from ``scores`` or computed on a training batch) or "magnitude" (|p|). The model
+    is restored afterwards."""
     matrices = sage_matrices(model)
     if criterion == "magnitude":
         scores = {n: np.abs(p.data) for n, p in matrices}
@@ -54,7 +55,7 @@ def pruning_curve(model: Transformer, task: Task, fractions, criterion: str = "s
                 p.data[...] = np.where(prune[offset:offset + p.size].reshape(p.shape), 0,
                                        saved[name])
                 offset += p.size
-            metrics = evaluate(model, task, task.val)
+            metrics = evaluate(model, task, task.val if split is None else split)
             curve.append({"fraction": float(fraction), "criterion": criterion,
                           "val_accuracy": metrics["accuracy"], "val_loss": metrics["loss"]})
     finally:
