@@ -184,6 +184,7 @@ def run_jobs(jobs: Sequence[Job], processes: int = 1,
     in the order of ``jobs`` that finished, and whether all did. Ctrl-C stops at once, keeps the
     finished runs, and returns ``complete=False``."""
     records: dict[int, dict] = {}
+    pool = None
     try:
         if processes <= 1 or len(jobs) <= 1:
             for i, job in enumerate(jobs):
@@ -192,14 +193,19 @@ def run_jobs(jobs: Sequence[Job], processes: int = 1,
                     on_done(records[i])
         else:
             context = multiprocessing.get_context("spawn")  # no forked BLAS or matplotlib state
-            with context.Pool(min(processes, len(jobs)), initializer=_worker_setup) as pool:
-                indexed = pool.imap_unordered(_run_indexed, list(enumerate(jobs)))
-                for i, record in indexed:
-                    records[i] = record
-                    if on_done:
-                        on_done(record)
+            pool = context.Pool(min(processes, len(jobs)), initializer=_worker_setup)
+            for i, record in pool.imap_unordered(_run_indexed, list(enumerate(jobs))):
+                records[i] = record
+                if on_done:
+                    on_done(record)
+            pool.close()  # every run is done: let the workers exit by themselves
     except KeyboardInterrupt:
+        if pool is not None:
+            pool.terminate()
         return [records[i] for i in sorted(records)], False
+    finally:
+        if pool is not None:
+            pool.join()
     return [records[i] for i in sorted(records)], True
 
 
@@ -275,7 +281,7 @@ def _extend(scored: list[dict]) -> list[dict]:
     else:
         return []
     others = {k: v for k, v in best.items() if k != "lr"}
-    return [{"lr": new_lr, **others}]
+    return [{"lr": float(f"{new_lr:.3g}"), **others}]  # 3e-3 * 3 is 9e-3, not 0.009000000000000001
 
 
 def record_path(task: str) -> Path:

@@ -137,7 +137,9 @@ def run(args: argparse.Namespace) -> int:
         record_path.write_text(json.dumps(nan_to_none(record), indent=2, allow_nan=False) + "\n")
         say(f"tuning record written to {record_path} (to make it the default: copy it to "
             f"{cmp.record_path(args.task)})")
-    settings = cmp.choose_settings(base, optimizers, given, record, str(record_path))
+    committed = record_path == cmp.record_path(args.task)
+    name = f"minisage/tuned/{args.task}.json" if committed else str(record_path)
+    settings = cmp.choose_settings(base, optimizers, given, record, name)
     runs = args.seeds * len(optimizers)
     with tqdm(total=runs, desc="compare", unit="run", disable=not show, leave=False) as bar:
         cmp.compare(replace(base), optimizers, args.seeds, settings, out, processes=args.jobs,
