@@ -430,6 +430,7 @@ def summarize(task, base: TrainConfig, optimizers: Sequence[str], settings: dict
                                  for key in ("test_accuracy", "test_loss", "gap")}
     return {"task": task.name, "description": task.description,
             "bayes_accuracy": task.bayes_accuracy, "test_rows": len(task.test),
+            "chance_accuracy": 1 / task.num_classes if task.head == "classify" else None,
             "baseline": baseline, "partial": not complete, "config": protocol_of(base),
             "optimizers": rows, "paired": comparisons}
 
@@ -449,8 +450,10 @@ def format_table(summary: dict) -> str:
     opt = summary["optimizers"]
     seeds = next(iter(opt.values()))["seeds"]
     bayes = summary["bayes_accuracy"]
+    chance = summary["chance_accuracy"]
     lines = [f"task {summary['task']}: {summary['description']}"
-             + (f"; Bayes-optimal accuracy {bayes:.3f}" if bayes is not None else ""),
+             + (f"; Bayes-optimal accuracy {bayes:.3f}" if bayes is not None else "")
+             + (f", chance {chance:.3f}" if chance is not None else ""),
              f"{len(seeds)} seed(s) {seeds}, each with its own training data, initialization "
              f"and batch order, shared by every optimizer; {summary['test_rows']} test rows "
              "that selection never saw; mean +- 95% CI over seeds"
