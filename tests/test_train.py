@@ -13,6 +13,7 @@ from minisage.errors import CheckpointError
 from minisage.nn import Transformer
 from minisage.tasks import IGNORE, TASKS, make_task
 from minisage.train import (
+    ConfigError,
     TrainConfig,
     batch_for_step,
     build_optimizer,
@@ -22,6 +23,7 @@ from minisage.train import (
     mean_ci,
     nan_to_none,
     pruning_curve,
+    restore_checkpoint,
     save_checkpoint,
     train,
     welch_p,
@@ -105,8 +107,11 @@ def test_corrupt_or_mismatched_checkpoint_names_the_file(tmp_path):
     save_checkpoint(path, config, result.model, result.optimizer, result.recorder,
                     result.history, step=2)
     other = TrainConfig(task="sort", optimizer="adamw", steps=4, **{**FAST, "d_model": 32})
-    with pytest.raises(CheckpointError, match="ok.npz"):
+    with pytest.raises(ConfigError, match="resume: d_model is 32, but .*ok.npz was saved with 16"):
         train(other, resume=checkpoint.load(path))
+    bigger = Transformer(other.model_config(make_task("sort")))
+    with pytest.raises(CheckpointError, match="ok.npz: does not match this model"):
+        restore_checkpoint(checkpoint.load(path), bigger, build_optimizer(bigger, other), None, [])
     saved = checkpoint.load(path)
     saved.config["learning_rate"] = 0.1  # not a TrainConfig field
     with pytest.raises(CheckpointError, match="ok.npz.*learning_rate"):

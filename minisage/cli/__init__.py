@@ -12,8 +12,8 @@ into exit statuses. A user's error prints one line on stderr, ``minisage <comman
 - 2, a usage error: argparse rejects the command line; ``UsageError``; any other ``ValueError``
   (a value the user gave);
 - 1, a failure: ``OSError`` (a missing file, a permission, a folder where a file should be),
-  ``FloatingPointError`` (training diverged), ``CheckpointError``, ``GoldenFormatError`` and
-  every other ``MinisageError``;
+  ``FloatingPointError`` (training diverged), ``MemoryError`` (a model or split too large for
+  this machine), ``CheckpointError``, ``GoldenFormatError`` and every other ``MinisageError``;
 - 130 on Ctrl-C (``KeyboardInterrupt``), with the line ``minisage <command>: interrupted``;
 - 1 without a message when the reader of stdout went away (``BrokenPipeError``, e.g. ``| head``).
 
@@ -102,7 +102,7 @@ def exit_status(err: BaseException) -> int | None:
         return FAILURE
     if isinstance(err, ValueError):
         return USAGE
-    if isinstance(err, (OSError, FloatingPointError)):
+    if isinstance(err, (OSError, FloatingPointError, MemoryError)):
         return FAILURE
     return None
 
