@@ -165,6 +165,27 @@ def test_every_preset_trains_one_step():
         assert np.isfinite(result.final["val_loss"])
 
 
+@pytest.mark.parametrize("steps, eval_every, record_every, rows, records", [
+    (1, 25, 10, [1], []),             # one step: evaluated at the last, nothing recorded
+    (1, 0, 1, [1], [1]),              # eval_every 0: only the last step; one record
+    (2, 100, 1, [2], [1, 2]),         # both periods longer than (or equal to) the run
+    (3, 2, 0, [2, 3], None),          # recorder off
+])
+def test_short_runs_evaluate_their_last_step_and_record_what_they_can(steps, eval_every,
+                                                                       record_every, rows,
+                                                                       records):
+    config = TrainConfig(task="sort", optimizer="adamw-sage", steps=steps,
+                         **{**FAST, "eval_every": eval_every, "record_every": record_every})
+    result = train(config)
+    assert [row["step"] for row in result.history] == rows and result.final["step"] == steps
+    if records is None:
+        assert result.recorder is None
+    else:
+        assert sorted({r["step"] for r in result.recorder.rows}) == records
+        assert [m["step"] for m in result.recorder.mechanism] == records
+        assert steps in result.recorder.histograms  # the last step is always sampled
+
+
 def test_batches_depend_only_on_seed_and_step():
     task = make_task("sort")
     a = batch_for_step(task, 3, 200, 32)

@@ -70,6 +70,8 @@ class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors reach :func:`main`'s one handler instead of exiting."""
 
     def error(self, message: str):
+        if message.endswith("expected one argument"):  # argparse reads "-1e-3" as an option
+            message += " (a value that starts with '-' is written --flag=-1e-3)"
         raise ArgumentError(self.prog, f"{message} (see {self.prog} --help)")
 
 
@@ -120,7 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     prog = parser.prog
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # said by the command they were given to, not by minisage
+            where = f"{parser.prog} {args.command}" if args.command else parser.prog
+            raise ArgumentError(where, f"unrecognized arguments: {' '.join(unknown)} (see "
+                                       f"{where} --help)")
         if args.command is None:
             parser.print_help(sys.stderr)
             return USAGE
