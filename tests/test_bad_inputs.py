@@ -13,6 +13,7 @@ import pytest
 
 from minisage import golden, optim, spec
 from minisage.cli import main
+from minisage.cli import train as cli_train
 from minisage.errors import CheckpointError, GoldenFormatError, UsageError
 from minisage.files import check_writable
 from minisage.golden import generate
@@ -159,7 +160,13 @@ COMMAND_LINE = [
 
 @pytest.mark.parametrize("argv, status, line", COMMAND_LINE, ids=[
     c.values[0] if hasattr(c, "values") else c[0] for c in COMMAND_LINE])
-def test_command_line_mistakes_are_one_line_before_any_work(files, capsys, argv, status, line):
+def test_command_line_mistakes_are_one_line_before_any_work(files, capsys, monkeypatch, argv,
+                                                            status, line):
+    def no_work(*args, **kwargs):
+        raise AssertionError("training started before the mistake was caught")
+
+    monkeypatch.setattr(cli_train, "train", no_work)
+    monkeypatch.setattr(cli_train, "pretrained_state", no_work)
     words = [w.format(**files) for w in argv.split()]
     assert main(words) == status
     out, err = capsys.readouterr()
