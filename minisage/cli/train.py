@@ -55,7 +55,15 @@ def _default(text: str, field: str) -> str:
     return f"{text} (default: {getattr(DEFAULTS, field)})"
 
 
+EPILOG = ("Ctrl-C, in pretraining or in training, stops after the current step, saves the run "
+          "(see --save) and says how to continue it: minisage train --resume FILE, bit for bit. "
+          "A resumed run keeps the checkpoint's settings: a flag that contradicts them is "
+          "refused, except --steps, which extends a run with the constant schedule (a run "
+          "stopped in pretraining may change --steps, and extend --pretrain-steps likewise).")
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
     # Every config flag defaults to None, so that a value the user gave can be told from a
     # default (a resumed run refuses the given ones that contradict its checkpoint); --help shows
     # the default each stands for.
