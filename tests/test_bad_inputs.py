@@ -110,6 +110,8 @@ COMMAND_LINE = [
     ("train --save {tmp}", 1, "{tmp}: is a folder; give a file name"),
     ("train --save {file}/x.npz", 1, "{file}/x.npz: cannot create a file in {file} (not a "
                                      "folder)"),
+    ("train --save", 2, "argument --save: expected one argument (see minisage train --help)"),
+    ("train --save=", 2, "argument --save: expected a path, got '' (see minisage train --help)"),
     ("train --resume {tmp}/missing.npz", 1, "{tmp}/missing.npz: No such file or directory"),
     ("train --resume {tmp}", 1, "{tmp}: Is a directory"),
     ("train --resume {garbage}", 1, "{garbage}: not a .npz checkpoint (not a zip archive)"),
@@ -180,6 +182,23 @@ def test_command_line_mistakes_are_one_line_before_any_work(files, capsys, monke
         assert err.startswith(expected), err
     else:
         assert err == expected + "\n"
+
+
+@pytest.mark.parametrize("argv, prog", [(["golden", "export", ""], "minisage golden export"),
+                                        (["golden", "check", " "], "minisage golden check"),
+                                        (["train", "--resume", ""], "minisage train")])
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(capsys, argv, prog):
+    assert main(argv) == 2
+    name = "DIR" if argv[0] == "golden" else "--resume"
+    assert capsys.readouterr().err == (f"{prog}: error: argument {name}: expected a path, got "
+                                       f"{argv[-1]!r} (see {prog} --help)\n")
+
+
+def test_check_reports_a_folder_in_place_of_a_golden_file(tmp_path, capsys):
+    generate.export(tmp_path, ("sgd",))
+    (tmp_path / "adam.json").mkdir()
+    assert main(["golden", "check", str(tmp_path), "--preset", "sgd", "--preset", "adam"]) == 1
+    assert capsys.readouterr().out == f"{tmp_path / 'adam.json'}: a folder, not a file\n"
 
 
 def test_crosscheck_names_a_preset_the_backend_lacks(capsys):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from minisage import golden, spec
+from minisage.cli import arguments
 from minisage.errors import UsageError
 from minisage.golden import generate
 
@@ -23,11 +24,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     preset_help = "only this preset (repeatable; default: every preset)"
     kind = {"formatter_class": parser.formatter_class}
     p = sub.add_parser("export", help="write the golden JSON files into DIR", **kind)
-    p.add_argument("dir", metavar="DIR", help="output folder (created if needed)")
+    p.add_argument("dir", metavar="DIR", type=arguments.path,
+                   help="output folder (created if needed)")
     p.add_argument("--preset", action="append", help=preset_help)
     p = sub.add_parser("check", help="regenerate and compare with DIR (default: committed files)",
                        **kind)
-    p.add_argument("dir", metavar="DIR", nargs="?", default=None,
+    p.add_argument("dir", metavar="DIR", nargs="?", default=None, type=arguments.path,
                    help="the folder to check (default: the committed vectors)")
     p.add_argument("--preset", action="append", help=preset_help)
     p = sub.add_parser("list", help="list the committed golden cases", **kind)

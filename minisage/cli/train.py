@@ -25,6 +25,7 @@ import sys
 from dataclasses import asdict, fields, replace
 
 from minisage import spec
+from minisage.cli import arguments
 from minisage.errors import UsageError
 from minisage.files import check_writable
 from minisage.tasks import TASKS, make_task
@@ -122,12 +123,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                    "(finetune; 0: none)", "pretrain_steps"))
     run.add_argument("--pretrain-lr", type=float,
                      help=_default("learning rate of the pretraining stage", "pretrain_lr"))
-    parser.add_argument("--save", metavar="PATH",
+    parser.add_argument("--save", metavar="PATH", type=arguments.path,
                         help="write a checkpoint (.npz) at the end; checked writable before the "
                              "run starts; folders are created (default: none; Ctrl-C saves to "
                              "this path, else the --resume file, else "
                              "<task>-<optimizer>-interrupted.npz)")
-    parser.add_argument("--resume", metavar="CHECKPOINT",
+    parser.add_argument("--resume", metavar="CHECKPOINT", type=arguments.path,
                         help="continue from a checkpoint, with its settings (default: none)")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bar and no start line on stderr")

@@ -215,8 +215,8 @@ def compare(directory: str | Path, presets: tuple[str, ...] | None = None) -> li
     problems = []
     for preset in names:
         path = folder / f"{preset}.json"
-        if not path.exists():
-            problems.append(f"{path}: missing")
+        if not path.is_file():
+            problems.append(f"{path}: {'a folder, not a file' if path.exists() else 'missing'}")
             continue
         expected = render_preset(preset)
         got = path.read_bytes()
