@@ -69,10 +69,21 @@ class ArgumentError(UsageError):
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors reach :func:`main`'s one handler instead of exiting."""
 
+    def parse_known_args(self, args=None, namespace=None):
+        self._words = list(sys.argv[1:] if args is None else args)  # for error()
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str):
-        if message.endswith("expected one argument"):  # argparse reads "-1e-3" as an option
+        if message.endswith("expected one argument") and self._negative_value(message):
             message += " (a value that starts with '-' is written --flag=-1e-3)"
         raise ArgumentError(self.prog, f"{message} (see {self.prog} --help)")
+
+    def _negative_value(self, message: str) -> bool:
+        """Whether the flag of ``message`` is followed by a word starting with '-' (argparse
+        reads "--lr -1e-3" as two options)."""
+        flags = message.removeprefix("argument ").split(":")[0].split("/")
+        words = getattr(self, "_words", [])
+        return any(word in flags and nxt.startswith("-") for word, nxt in zip(words, words[1:]))
 
 
 def build_parser() -> Parser:
