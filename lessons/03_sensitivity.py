@@ -18,6 +18,13 @@
 # The pieces are `spec.sensitivity`, `spec.sensitivity_ema` and `spec.uncertainty`.
 
 # %%
+import importlib.util
+import sys
+from pathlib import Path
+
+if "__file__" not in dir():  # a notebook: its own folder, else lessons/ beside the minisage in use
+    package = importlib.util.find_spec("minisage")
+    sys.path += [str(Path(package.origin).parents[1] / "lessons")] if package else []
 from _lesson import FAST, save  # first: sets up minisage before NumPy
 
 # isort: split

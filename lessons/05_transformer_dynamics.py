@@ -23,6 +23,13 @@
 # equal so that the comparison changes one thing only, and say so in the result.
 
 # %%
+import importlib.util
+import sys
+from pathlib import Path
+
+if "__file__" not in dir():  # a notebook: its own folder, else lessons/ beside the minisage in use
+    package = importlib.util.find_spec("minisage")
+    sys.path += [str(Path(package.origin).parents[1] / "lessons")] if package else []
 from _lesson import FAST, FIGURES, show  # first: sets up minisage before NumPy
 
 # isort: split

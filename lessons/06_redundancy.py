@@ -29,6 +29,13 @@
 # a difference that the intervals do not separate is reported as no difference.
 
 # %%
+import importlib.util
+import sys
+from pathlib import Path
+
+if "__file__" not in dir():  # a notebook: its own folder, else lessons/ beside the minisage in use
+    package = importlib.util.find_spec("minisage")
+    sys.path += [str(Path(package.origin).parents[1] / "lessons")] if package else []
 from _lesson import FAST, save  # first: sets up minisage before NumPy
 
 # isort: split

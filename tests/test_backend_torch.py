@@ -222,7 +222,7 @@ def test_non_finite_gradient_changes_nothing_and_names_the_parameter():
 
 def test_bad_hyperparameters_name_themselves():
     p = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
-    with pytest.raises(ValueError, match=r"beta3 must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"beta3 must be in \(0, 1\)"):
         tb.AdamWSAGE([p], beta3=1.5)
     with pytest.raises(ValueError, match="sage_eps"):
         tb.AdamSAGE([p], sage_eps=-1.0)

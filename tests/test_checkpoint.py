@@ -147,4 +147,33 @@ def test_the_checkpoint_module_imports_nothing_of_training():
         elif isinstance(node, ast.ImportFrom):
             imported.add(node.module)
     minisage_modules = {name for name in imported if name.split(".")[0] == "minisage"}
-    assert minisage_modules == {"minisage.errors"}
+    assert minisage_modules == {"minisage.errors", "minisage.files"}
+
+
+def test_the_stage_round_trips_and_a_bad_one_is_refused(tmp_path):
+    path = tmp_path / "pre.npz"
+    checkpoint.save(path, Checkpoint(config={}, step=3, model={}, stage="pretrain"))
+    assert checkpoint.load(path).stage == "pretrain"
+    with pytest.raises(ValueError, match="checkpoint stage must be one of train, pretrain, got "
+                                         "'warmup'"):
+        checkpoint.save(path, Checkpoint(config={}, step=3, model={}, stage="warmup"))
+    assert checkpoint.load(path).stage == "pretrain"  # the refused save wrote nothing
+    _npz(path, _meta(stage="warmup"))
+    with pytest.raises(CheckpointError, match="pre.npz: 'stage' must be one of train, pretrain, "
+                                              "got 'warmup'"):
+        checkpoint.load(path)
+
+
+def test_a_failed_save_leaves_the_old_file_and_no_partial_one(tmp_path, monkeypatch):
+    path = tmp_path / "run.npz"
+    checkpoint.save(path, _example())
+    before = path.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint.save(path, _example())
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.npz"]

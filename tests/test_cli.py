@@ -8,16 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from dataclasses import replace
 
-import numpy as np
 import pytest
 
 from minisage import cli
 from minisage.cli import main
 from minisage.errors import CheckpointError, GoldenFormatError, UsageError
-from minisage.train import checkpoint, config_of, train
+from minisage.train import checkpoint, config_of
 
 
 def _run_cli(*argv, timeout=120):
@@ -104,7 +101,7 @@ def test_real_user_errors_end_to_end(tmp_path, capsys):
     assert main(["compare", "--optimizers", "nope", "--quiet"]) == 2
     assert "nope" in _one_line(capsys.readouterr().err)
     assert main(["train", "--steps", "0", "--quiet"]) == 2
-    assert "--steps must be >= 1" in _one_line(capsys.readouterr().err)
+    assert "--steps must be an integer >= 1, got 0" in _one_line(capsys.readouterr().err)
     assert main(["train", "--resume", str(tmp_path / "missing.npz"), "--quiet"]) == 1
     assert "missing.npz: No such file or directory" in _one_line(capsys.readouterr().err)
     assert main(["train", "--resume", str(tmp_path), "--quiet"]) == 1
@@ -178,26 +175,116 @@ def test_compare_fast(tmp_path, capsys):
     assert summary["optimizers"]["adamw-sage"]["seeds"] == [0, 1]
 
 
-def test_ctrl_c_saves_a_checkpoint_between_steps(tmp_path):
-    path = tmp_path / "run.npz"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "minisage", "train", "--task", "sort", "--steps", "100000",
-         "--eval-every", "100000", "--quiet", "--save", str(path)],
-        stderr=subprocess.PIPE, text=True)
+#: a small model: the Ctrl-C and resume tests train for seconds
+SMALL = ["--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--schedule", "constant"]
+
+
+def _interrupt_once_started(*argv):
+    """Start ``minisage train *argv``, wait for its start line (printed once Ctrl-C is deferred
+    to the end of a step, so that a signal sent after it can only stop the run between two steps,
+    however loaded the machine), send Ctrl-C; returns (status, start line, stdout, stderr)."""
+    process = subprocess.Popen([sys.executable, "-m", "minisage", "train", *argv],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "MINISAGE_DEBUG": ""})
     try:
-        time.sleep(4)  # start-up plus a few dozen steps
+        start = process.stderr.readline()
+        assert start.startswith("minisage train: "), start + process.stderr.read()
         process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=60)
+        out, err = process.communicate(timeout=120)
     finally:
         process.kill()
-    assert process.returncode == 130, err
+        process.wait()
+    return process.returncode, start, out, err
+
+
+def _final(capsys) -> dict:
+    return json.loads(capsys.readouterr().out)["final"]
+
+
+def test_ctrl_c_in_training_saves_a_checkpoint_that_resumes_bit_for_bit(tmp_path, capsys):
+    path = tmp_path / "run.npz"
+    status, start, out, err = _interrupt_once_started(
+        "--task", "sort", "--steps", "100000", "--eval-every", "2", *SMALL, "--save", str(path))
+    assert "sort with bert-adamw, 100000 steps" in start and f"saves the run to {path}" in start
+    assert status == 130 and out == "", err
     line = _one_line(err)
-    assert line.startswith("minisage train: interrupted: stopped after step ")
-    assert f"saved a checkpoint to {path}" in line and f"--resume {path}" in line
+    assert line.startswith("minisage train: interrupted: stopped training after step ")
+    assert line.endswith(f"of 100000; saved a checkpoint to {path} (continue with: minisage "
+                         f"train --resume {path})")
     saved = checkpoint.load(path)
-    assert 0 < saved.step < 100000
-    # the checkpoint holds a whole step: resuming continues from the next one
-    config = replace(config_of(saved), steps=saved.step + 2)
-    resumed = train(config, resume=saved)
-    assert resumed.final["step"] == saved.step + 2
-    assert np.isfinite(resumed.final["val_loss"])
+    assert saved.stage == "train" and 1 <= saved.step < 100000
+    # --steps extends a constant-schedule run: exactly the run that asked for that many steps
+    steps = str(saved.step + 2)
+    assert main(["train", "--resume", str(path), "--steps", steps, "--quiet"]) == 0
+    resumed = _final(capsys)
+    assert main(["train", "--task", "sort", "--steps", steps, "--eval-every", "2", *SMALL,
+                 "--quiet"]) == 0
+    assert resumed == _final(capsys) and resumed["step"] == saved.step + 2
+
+
+def test_ctrl_c_in_pretraining_saves_the_stage_and_resume_finishes_both(tmp_path, capsys):
+    path = tmp_path / "pre.npz"
+    run = ["--task", "finetune", "--steps", "2", *SMALL]
+    status, start, _, err = _interrupt_once_started(*run, "--pretrain-steps", "100000",
+                                                    "--save", str(path))
+    assert "finetune with bert-adamw, 2 steps after 100000 pretraining steps" in start
+    assert status == 130
+    assert _one_line(err).startswith("minisage train: interrupted: stopped pretraining after "
+                                     "step ")
+    saved = checkpoint.load(path)
+    assert saved.stage == "pretrain" and 1 <= saved.step < 100000
+    assert config_of(saved).steps == 2  # the run's config, not the stage's
+    # pretraining resumes where it stopped (its step count may change: constant schedule), then
+    # fine-tuning runs: the numbers of the run that was never interrupted
+    pretrain = str(saved.step + 3)
+    assert main(["train", "--resume", str(path), "--pretrain-steps", pretrain, "--quiet"]) == 0
+    resumed = _final(capsys)
+    assert main([*["train", *run], "--pretrain-steps", pretrain, "--quiet"]) == 0
+    assert resumed == _final(capsys) and resumed["step"] == 2
+
+
+def test_resume_refuses_contradicting_flags_and_extends_only_constant_schedules(tmp_path,
+                                                                               capsys):
+    constant, linear = tmp_path / "constant.npz", tmp_path / "linear.npz"
+    base = ["train", "--task", "sort", "--steps", "3", "--d-model", "16", "--n-layers", "1",
+            "--n-heads", "2", "--quiet"]
+    assert main([*base, "--schedule", "constant", "--save", str(constant)]) == 0
+    assert main([*base, "--save", str(linear)]) == 0
+    capsys.readouterr()
+    refused = {
+        ("--optimizer", "adamw"): f"--optimizer is 'adamw', but {constant} was saved with "
+                                  "'bert-adamw': a resumed run keeps its settings (only steps "
+                                  "may change)",
+        ("--lr", "0.5"): f"--lr is 0.5, but {constant} was saved with 0.001: a resumed run keeps "
+                         "its settings (only steps may change)",
+        ("--task", "modular"): f"--task is 'modular', but {constant} was saved with 'sort': a "
+                               "resumed run keeps its settings (only steps may change)",
+        (): f"{constant} holds the whole run (step 3 of 3): nothing to resume; give more steps "
+            "(> 3) to extend it",
+        ("--steps", "2"): f"--steps is 2, but {constant} is already at step 3: give more than "
+                          "that",
+    }
+    for flags, message in refused.items():
+        assert main(["train", "--resume", str(constant), *flags, "--quiet"]) == 2, flags
+        assert _one_line(capsys.readouterr().err) == f"minisage train: error: {message}"
+    assert main(["train", "--resume", str(linear), "--steps", "5", "--quiet"]) == 2
+    assert _one_line(capsys.readouterr().err) == (
+        f"minisage train: error: --steps is 5, but {linear} was saved with 3: the linear "
+        "schedule sets every step's lr from the total number of steps, so only a run with the "
+        "constant schedule can be extended")
+    # a flag that agrees with the checkpoint is no contradiction
+    assert main(["train", "--resume", str(constant), "--lr", "0.001", "--steps", "4",
+                 "--quiet"]) == 0
+    assert _final(capsys)["step"] == 4
+
+
+@pytest.mark.parametrize("flags", [
+    ["--steps", "1"],
+    ["--steps", "2", "--eval-every", "100", "--record-every", "100"],
+    ["--steps", "3", "--eval-every", "0", "--record-every", "2"],
+    ["--steps", "1", "--batch-size", "5000", "--eval-rows", "1"],
+])
+def test_short_and_edge_runs_finish(flags, capsys):
+    assert main(["train", "--task", "sort", *SMALL, *flags, "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["final"]["step"] == report["config"]["steps"] == int(flags[1])

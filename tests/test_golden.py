@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -125,7 +127,8 @@ MALFORMED = [
     (lambda d: d["cases"][4]["steps"][0]["param"].__setitem__(0, 0.1),
      r"steps\[0\]\.param\[0\]: 0\.1 is not a float32 value"),
     (lambda d: d["cases"][0]["hparams"].update(beta3=1.5),
-     r"cases\[0\] \(adamw-sage/f64-1step\)\.hparams: adamw-sage: beta3 must be in \[0, 1\)"),
+     r"cases\[0\] \(adamw-sage/f64-1step\)\.hparams: adamw-sage: beta3 must be in \(0, 1\), "
+     r"got 1\.5$"),
     (lambda d: d["cases"][0].update(steps=[]), r"\.steps: expected at least one step"),
     (lambda d: d["cases"][2].update(id=d["cases"][0]["id"]), r"cases\[2\]\.id: duplicate id"),
 ]
@@ -169,9 +172,88 @@ def test_cli_export_check_list(tmp_path, capsys):
     assert main(["golden", "check", str(tmp_path / "out"), "--preset", "sgd"]) == 0
     (tmp_path / "out" / "sgd.json").write_text("{}")
     assert main(["golden", "check", str(tmp_path / "out"), "--preset", "sgd"]) == 1
-    assert "differs" in capsys.readouterr().out
+    assert capsys.readouterr().out.endswith(
+        "sgd.json: schema: expected 'minisage-golden', got None\n")
     assert main(["golden", "list", "--preset", "adamw-sage"]) == 0
     out = capsys.readouterr().out
     assert "adamw-sage/f64-25steps-warmup-linear\tfloat64\t[2, 3]\t25 steps" in out
     assert main(["golden", "export", str(tmp_path), "--preset", "lamb"]) == 2
     assert "unknown preset 'lamb'" in capsys.readouterr().err
+
+
+def _exported(tmp_path, *presets):
+    folder = tmp_path / "golden"
+    generate.export(folder, presets or None)
+    return folder
+
+
+@pytest.mark.parametrize("mutate, where", [
+    # a number: the case, the step, the field, the entry, both values
+    (lambda d: d["cases"][1]["steps"][2]["state"]["exp_avg"].__setitem__(4, 0.5),
+     "cases[1] (adamw-sage/f64-3steps-zero-grad).steps[2].state.exp_avg[4]: expected "
+     "-0.00042652826048743037, got 0.5 (relative difference 1.2e+03)"),
+    (lambda d: d["cases"][0]["hparams"].update(lr=0.02),
+     "cases[0] (adamw-sage/f64-1step).hparams: expected 0.01, got 0.02"),
+    (lambda d: d["cases"][3].update(description="other"),
+     "cases[3] (adamw-sage/f64-4steps-no-decay).description: expected"),
+    (lambda d: d["cases"].pop(), "cases: expected 6 entries, got 5"),
+    (lambda d: d.update(extra=1), "top level: unexpected key 'extra'"),
+])
+def test_check_names_the_first_differing_field_and_both_values(tmp_path, mutate, where):
+    folder = _exported(tmp_path, "adamw-sage")
+    path = folder / "adamw-sage.json"
+    doc = json.loads(path.read_text())
+    mutate(doc)
+    path.write_text(json.dumps(doc))
+    problems = generate.compare(folder, ("adamw-sage",))
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{path}: differs from what the spec generates now: ")
+    assert where.replace("hparams:", "hparams.lr:") in problems[0]
+
+
+def test_check_tells_other_formatting_and_malformed_files_apart(tmp_path):
+    folder = _exported(tmp_path, "sgd", "adam")
+    text = (folder / "sgd.json").read_text()
+    (folder / "sgd.json").write_text(text.replace('"lr": 0.1,', '"lr": 1e-1,', 1))
+    (folder / "adam.json").write_text("{not json")
+    sgd, adam = generate.compare(folder, ("sgd", "adam"))
+    assert sgd.endswith("the same values, written differently: line 14 is '        \"lr\": 1e-1,', "
+                        "expected '        \"lr\": 0.1,' (rewrite it with minisage golden export)")
+    assert adam.startswith(f"{folder / 'adam.json'}: not valid JSON: Expecting property name")
+
+
+def test_check_of_a_missing_or_empty_folder_is_one_error(tmp_path, capsys):
+    missing = tmp_path / "nothing"
+    assert main(["golden", "check", str(missing)]) == 1
+    assert capsys.readouterr() == ("", f"minisage golden: error: {missing}: No such file or "
+                                       "directory\n")
+    assert main(["golden", "check", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        f"minisage golden: error: {tmp_path}: no golden file here (expected sgd.json, adam.json")
+    folder = _exported(tmp_path, "sgd")
+    assert main(["golden", "check", str(folder), "--preset", "sgd", "--preset", "adam"]) == 1
+    assert capsys.readouterr().out == f"{folder / 'adam.json'}: missing\n"
+
+
+def test_export_checks_the_folder_before_writing_anything(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["golden", "export", str(blocker / "golden")]) == 1
+    assert capsys.readouterr().err == (f"minisage golden: error: {blocker / 'golden'}: cannot "
+                                       "write files here (Not a directory)\n")
+    folder = tmp_path / "golden"
+    (folder / "adam.json").mkdir(parents=True)
+    assert main(["golden", "export", str(folder)]) == 1
+    assert capsys.readouterr().err == (f"minisage golden: error: {folder / 'adam.json'}: is a "
+                                       "folder; cannot write the golden file\n")
+    assert sorted(p.name for p in folder.iterdir()) == ["adam.json"]  # sgd.json not written
+
+
+def test_golden_list_into_a_closed_pipe_is_quiet():
+    """``minisage golden list | head -1``: the reader leaves early; no BrokenPipeError."""
+    command = f"{sys.executable} -m minisage golden list | head -1"
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True,
+                            text=True, timeout=120)
+    assert result.stdout.count("\n") == 1 and result.stdout.startswith("sgd/f64-1step")
+    assert result.stderr == ""

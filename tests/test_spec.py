@@ -383,7 +383,7 @@ def test_multiplier_invariant_to_loss_scaling(preset, data, c):
 @given(data=st.data(), c=st.floats(1e-2, 1e2))
 def test_sage_adam_step_invariant_to_loss_scaling_as_eps_vanish(data, c):
     p, grads = draw_problem(data, 1, 5, nonzero=True)
-    hp = {"lr": 0.01, "eps": 0.0, "sage_eps": 0.0}
+    hp = {"lr": 0.01, "eps": 1e-30, "sage_eps": 1e-30}  # negligible next to |g| >= 0.05
     a = trajectory("adam-sage", p, grads, **hp)
     b = trajectory("adam-sage", p, [c * g for g in grads], **hp)
     for (pa, _, _), (pb, _, _) in zip(a, b):
@@ -391,7 +391,7 @@ def test_sage_adam_step_invariant_to_loss_scaling_as_eps_vanish(data, c):
 
 
 @pytest.mark.parametrize("preset", SAGE_PRESETS)
-@given(data=st.data(), beta3=st.floats(0.0, 0.99))
+@given(data=st.data(), beta3=st.floats(0.0, 0.99, exclude_min=True))
 def test_sensitivity_ema_is_bounded_by_the_largest_sensitivity(preset, data, beta3):
     p, grads = draw_problem(data, 1, 8)
     hp = {"lr": 0.05, "beta3": beta3}
@@ -428,7 +428,7 @@ def hparams_for(preset):
     d = {**common, "betas": betas, "weight_decay": st.sampled_from([0.0, 0.01]),
          "eps": st.sampled_from([1e-8, 1e-6, 1e-3])}
     if preset in SAGE_PRESETS:
-        d["beta3"] = st.floats(0, 0.95)
+        d["beta3"] = st.floats(0, 0.95, exclude_min=True)
     if preset in OFFICIAL:
         d["max_grad_norm"] = st.sampled_from([-1.0, 0.5, 1.0])
     if preset in ("bert-adamw", "adamw-sage"):
@@ -538,7 +538,10 @@ BAD_HPARAMS = [
     ("betas", (1.0, 0.999), r"betas\[0\] must be in \[0, 1\)"),
     ("betas", (0.9, -0.1), r"betas\[1\] must be in \[0, 1\)"),
     ("betas", (0.9,), r"betas must be a pair"),
-    ("eps", -1e-8, r"eps must be in \[0, inf\)"),
+    ("eps", -1e-8, r"eps must be in \(0, inf\), got -1e-08$"),
+    ("eps", 0.0, r"eps must be in \(0, inf\), got 0.0: with eps = 0 an entry whose gradient "
+                 r"has always been 0 .* would become 0 / 0 = NaN"),
+    ("eps", 1e-50, r"eps must be in \(0, inf\) with eps(\*\*2)? > 0 in float32"),
     ("weight_decay", -0.1, r"weight_decay must be in \[0, inf\)"),
     ("lr", "fast", r"lr must be a real number"),
 ]
@@ -552,10 +555,34 @@ def test_bad_hyperparameters_name_themselves_and_their_range(preset, key, value,
 
 
 @pytest.mark.parametrize("preset", SAGE_PRESETS)
-@pytest.mark.parametrize("value", [1.0, -0.5, 2.0])
+@pytest.mark.parametrize("value", [1.0, -0.5, 2.0, float("nan")])
 def test_bad_beta3(preset, value):
-    with pytest.raises(ValueError, match=r"beta3 must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=rf"{preset}: beta3 must be in \(0, 1\), got \S+$"):
         spec.make(preset, lr=0.1, beta3=value)
+
+
+@pytest.mark.parametrize("preset", SAGE_PRESETS)
+def test_beta3_zero_is_refused_because_it_freezes_every_entry(preset):
+    with pytest.raises(ValueError, match=rf"{preset}: beta3 must be in \(0, 1\), got 0.0: at "
+                                         r"beta3 = 0 .* no SAGE entry would ever move"):
+        spec.make(preset, lr=0.1, beta3=0.0)
+    # the reason, from the pieces: at beta3 = 0 the average is this step's I, so U = 0, r = 0
+    I = spec.sensitivity(P0, G1)  # noqa: E741
+    ibar = spec.sensitivity_ema(np.array([0.3, 0.1, 0.0]), I, 0.0)
+    assert np.array_equal(ibar, I) and not np.any(spec.uncertainty(I, ibar))
+
+
+@pytest.mark.parametrize("preset", ["adamw-sage", "adamax-sage"])
+def test_official_sage_eps_must_survive_squaring_in_float32(preset):
+    # r = U / (Ihat + eps**2): eps = 1e-30 is positive, but eps**2 = 1e-60 is 0 in float32
+    with pytest.raises(ValueError, match=rf"{preset}: eps must be in \(0, inf\) with eps\*\*2 "
+                                         r"> 0 in float32 .* got 1e-30: eps\*\*2 = 1e-60"):
+        spec.make(preset, lr=0.1, eps=1e-30)
+    plain = {"adamw-sage": "bert-adamw", "adamax-sage": "bert-adamax"}[preset]
+    assert spec.make(plain, lr=0.1, eps=1e-30).hparams["eps"] == 1e-30  # no square there
+    zero = np.zeros(2, np.float32)
+    with np.errstate(invalid="ignore"):  # what the check prevents: 0 / 0 on a zero entry
+        assert np.isnan(spec.lr_multiplier(zero, zero, np.float32(1e-30) ** 2)).all()
 
 
 @pytest.mark.parametrize("preset", OFFICIAL)
@@ -579,8 +606,11 @@ def test_bad_sgd_and_flags():
         spec.make("sgd", nesterov=True)
     with pytest.raises(ValueError, match="correct_bias must be True or False"):
         spec.make("adamw-sage", correct_bias=1)
-    with pytest.raises(ValueError, match=r"adam-sage: sage_eps must be in \[0, inf\)"):
+    with pytest.raises(ValueError, match=r"adam-sage: sage_eps must be in \(0, inf\)"):
         spec.make("adam-sage", sage_eps=-1.0)
+    with pytest.raises(ValueError, match=r"adam-sage: sage_eps must be in \(0, inf\), got 0.0: "
+                                         "with sage_eps = 0 "):
+        spec.make("adam-sage", sage_eps=0.0)
 
 
 def test_unknown_preset_and_hyperparameter():
@@ -627,6 +657,15 @@ def test_step_rejects_bad_input_and_touches_nothing(preset):
         rule.step(p, G2, {**state, "step": -1})
     with pytest.raises(TypeError, match="floating-point"):
         rule.step(np.arange(3), G2, state)
+    for bad_value in (np.nan, np.inf):
+        bad_p = p.copy()
+        bad_p[0] = bad_value
+        with pytest.raises(FloatingPointError, match=rf"{preset}: non-finite value in parameter "
+                                                     r"'w' \(1 of 3 entries are NaN or "
+                                                     r"infinite\); the parameter and its state "
+                                                     "were left unchanged"):
+            rule.step(bad_p, G2, state, name="w")
+    assert np.array_equal(p, snapshot[0])
 
 
 def test_internal_schedule_refuses_a_passed_lr():

@@ -13,6 +13,7 @@ from minisage.errors import CheckpointError
 from minisage.nn import Transformer
 from minisage.tasks import IGNORE, TASKS, make_task
 from minisage.train import (
+    ConfigError,
     TrainConfig,
     batch_for_step,
     build_optimizer,
@@ -22,6 +23,7 @@ from minisage.train import (
     mean_ci,
     nan_to_none,
     pruning_curve,
+    restore_checkpoint,
     save_checkpoint,
     train,
     welch_p,
@@ -105,8 +107,11 @@ def test_corrupt_or_mismatched_checkpoint_names_the_file(tmp_path):
     save_checkpoint(path, config, result.model, result.optimizer, result.recorder,
                     result.history, step=2)
     other = TrainConfig(task="sort", optimizer="adamw", steps=4, **{**FAST, "d_model": 32})
-    with pytest.raises(CheckpointError, match="ok.npz"):
+    with pytest.raises(ConfigError, match="resume: d_model is 32, but .*ok.npz was saved with 16"):
         train(other, resume=checkpoint.load(path))
+    bigger = Transformer(other.model_config(make_task("sort")))
+    with pytest.raises(CheckpointError, match="ok.npz: does not match this model"):
+        restore_checkpoint(checkpoint.load(path), bigger, build_optimizer(bigger, other), None, [])
     saved = checkpoint.load(path)
     saved.config["learning_rate"] = 0.1  # not a TrainConfig field
     with pytest.raises(CheckpointError, match="ok.npz.*learning_rate"):
@@ -158,6 +163,27 @@ def test_every_preset_trains_one_step():
         lr = 0.01 if preset != "sgd" else 0.1
         result = train(TrainConfig(task="sort", optimizer=preset, steps=2, lr=lr, **FAST))
         assert np.isfinite(result.final["val_loss"])
+
+
+@pytest.mark.parametrize("steps, eval_every, record_every, rows, records", [
+    (1, 25, 10, [1], []),             # one step: evaluated at the last, nothing recorded
+    (1, 0, 1, [1], [1]),              # eval_every 0: only the last step; one record
+    (2, 100, 1, [2], [1, 2]),         # both periods longer than (or equal to) the run
+    (3, 2, 0, [2, 3], None),          # recorder off
+])
+def test_short_runs_evaluate_their_last_step_and_record_what_they_can(steps, eval_every,
+                                                                       record_every, rows,
+                                                                       records):
+    config = TrainConfig(task="sort", optimizer="adamw-sage", steps=steps,
+                         **{**FAST, "eval_every": eval_every, "record_every": record_every})
+    result = train(config)
+    assert [row["step"] for row in result.history] == rows and result.final["step"] == steps
+    if records is None:
+        assert result.recorder is None
+    else:
+        assert sorted({r["step"] for r in result.recorder.rows}) == records
+        assert [m["step"] for m in result.recorder.mechanism] == records
+        assert steps in result.recorder.histograms  # the last step is always sampled
 
 
 def test_batches_depend_only_on_seed_and_step():

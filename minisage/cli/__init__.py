@@ -12,8 +12,8 @@ into exit statuses. A user's error prints one line on stderr, ``minisage <comman
 - 2, a usage error: argparse rejects the command line; ``UsageError``; any other ``ValueError``
   (a value the user gave);
 - 1, a failure: ``OSError`` (a missing file, a permission, a folder where a file should be),
-  ``FloatingPointError`` (training diverged), ``CheckpointError``, ``GoldenFormatError`` and
-  every other ``MinisageError``;
+  ``FloatingPointError`` (training diverged), ``MemoryError`` (a model or split too large for
+  this machine), ``CheckpointError``, ``GoldenFormatError`` and every other ``MinisageError``;
 - 130 on Ctrl-C (``KeyboardInterrupt``), with the line ``minisage <command>: interrupted``;
 - 1 without a message when the reader of stdout went away (``BrokenPipeError``, e.g. ``| head``).
 
@@ -69,8 +69,21 @@ class ArgumentError(UsageError):
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors reach :func:`main`'s one handler instead of exiting."""
 
+    def parse_known_args(self, args=None, namespace=None):
+        self._words = list(sys.argv[1:] if args is None else args)  # for error()
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str):
+        if message.endswith("expected one argument") and self._negative_value(message):
+            message += " (a value that starts with '-' is written --flag=-1e-3)"
         raise ArgumentError(self.prog, f"{message} (see {self.prog} --help)")
+
+    def _negative_value(self, message: str) -> bool:
+        """Whether the flag of ``message`` is followed by a word starting with '-' (argparse
+        reads "--lr -1e-3" as two options)."""
+        flags = message.removeprefix("argument ").split(":")[0].split("/")
+        words = getattr(self, "_words", [])
+        return any(word in flags and nxt.startswith("-") for word, nxt in zip(words, words[1:]))
 
 
 def build_parser() -> Parser:
@@ -102,7 +115,7 @@ def exit_status(err: BaseException) -> int | None:
         return FAILURE
     if isinstance(err, ValueError):
         return USAGE
-    if isinstance(err, (OSError, FloatingPointError)):
+    if isinstance(err, (OSError, FloatingPointError, MemoryError)):
         return FAILURE
     return None
 
@@ -120,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     prog = parser.prog
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # said by the command they were given to, not by minisage
+            where = f"{parser.prog} {args.command}" if args.command else parser.prog
+            raise ArgumentError(where, f"unrecognized arguments: {' '.join(unknown)} (see "
+                                       f"{where} --help)")
         if args.command is None:
             parser.print_help(sys.stderr)
             return USAGE

@@ -1,9 +1,11 @@
 """``minisage golden``: export, check or list the golden vectors of the spec.
 
     minisage golden export DIR     write DIR/<preset>.json for every preset (byte for byte what is
-                                   committed under minisage/golden/vectors/)
+                                   committed under minisage/golden/vectors/); the folder is
+                                   checked writable before anything is written
     minisage golden check [DIR]    regenerate in memory, compare with DIR (default: the committed
-                                   vectors) and validate them; exit 1 on any difference
+                                   vectors); one line per file that differs, naming the first
+                                   differing field and both values; exit 1 on any difference
     minisage golden list           the cases, one per line
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from minisage import golden, spec
+from minisage.cli import arguments
 from minisage.errors import UsageError
 from minisage.golden import generate
 
@@ -21,11 +24,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     preset_help = "only this preset (repeatable; default: every preset)"
     kind = {"formatter_class": parser.formatter_class}
     p = sub.add_parser("export", help="write the golden JSON files into DIR", **kind)
-    p.add_argument("dir", metavar="DIR", help="output folder (created if needed)")
+    p.add_argument("dir", metavar="DIR", type=arguments.path,
+                   help="output folder (created if needed)")
     p.add_argument("--preset", action="append", help=preset_help)
     p = sub.add_parser("check", help="regenerate and compare with DIR (default: committed files)",
                        **kind)
-    p.add_argument("dir", metavar="DIR", nargs="?", default=None,
+    p.add_argument("dir", metavar="DIR", nargs="?", default=None, type=arguments.path,
                    help="the folder to check (default: the committed vectors)")
     p.add_argument("--preset", action="append", help=preset_help)
     p = sub.add_parser("list", help="list the committed golden cases", **kind)
@@ -43,7 +47,8 @@ def _presets(args) -> tuple[str, ...] | None:
 def run(args: argparse.Namespace) -> int:
     action = getattr(args, "golden_command", None)
     if action is None:
-        raise UsageError("say what to do: export DIR, check [DIR] or list")
+        raise UsageError("say what to do: export DIR, check [DIR] or list (see minisage golden "
+                         "--help)")
     presets = _presets(args)
     if action == "export":
         for path in generate.export(args.dir, presets):
@@ -53,8 +58,6 @@ def run(args: argparse.Namespace) -> int:
         directory = args.dir or golden.vectors_dir()
         problems = generate.compare(directory, presets)
         if not problems:
-            for name in presets or spec.presets():
-                golden.load(f"{directory}/{name}.json")
             print(f"golden vectors in {directory}: identical to what the spec generates")
             return 0
         for line in problems:

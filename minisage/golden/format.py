@@ -282,6 +282,9 @@ def load(path: str | Path) -> list[GoldenCase]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(f"golden file not found: {path}") from None
+    except UnicodeDecodeError as err:
+        raise GoldenFormatError(f"{path}: not UTF-8 text ({err.reason} at byte "
+                                f"{err.start})") from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as err:

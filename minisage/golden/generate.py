@@ -10,6 +10,8 @@ is exactly zero; some steps have an all-zero gradient; gradients alternate betwe
 
 from __future__ import annotations
 
+import errno
+import json
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,16 @@ from typing import Any
 import numpy as np
 
 from minisage import spec
-from minisage.golden.format import SCHEMA, SCHEMA_VERSION, encode_state, render, to_list
+from minisage.files import check_folder_writable, write_atomic
+from minisage.golden.format import (
+    SCHEMA,
+    SCHEMA_VERSION,
+    GoldenFormatError,
+    encode_state,
+    load,
+    render,
+    to_list,
+)
 
 
 @dataclass(frozen=True)
@@ -167,25 +178,104 @@ def render_preset(preset: str) -> str:
 
 
 def export(directory: str | Path, presets: tuple[str, ...] | None = None) -> list[Path]:
-    """Write ``<preset>.json`` for each preset into ``directory`` (created if needed)."""
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for preset in presets or spec.presets():
-        path = out / f"{preset}.json"
-        path.write_bytes(render_preset(preset).encode("utf-8"))
-        paths.append(path)
-    return paths
+    """Write ``<preset>.json`` for each preset into ``directory`` (created if needed).
+
+    Everything is checked before anything is written: the folder takes files, no target is a
+    folder, and every document is rendered in memory first. Each file is written whole or not at
+    all (:func:`minisage.files.write_atomic`)."""
+    out = check_folder_writable(directory)
+    names = presets or spec.presets()
+    targets = [out / f"{preset}.json" for preset in names]
+    for path in targets:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a folder; cannot write the golden file",
+                                    str(path))
+    texts = [render_preset(preset).encode("utf-8") for preset in names]
+    for path, text in zip(targets, texts):
+        with write_atomic(path) as f:
+            f.write(text)
+    return targets
 
 
 def compare(directory: str | Path, presets: tuple[str, ...] | None = None) -> list[str]:
-    """Regenerate in memory and compare with the files in ``directory``; one line per difference."""
+    """Regenerate in memory and compare with the files in ``directory``: one line per file that
+    differs, saying where first (the loader's message for a malformed file; else the first
+    differing field with its path -- case id, step, field, entry -- and both values). An empty
+    list: identical. A missing folder, or one without any golden file, raises FileNotFoundError
+    (one error, not one per file)."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        reason = "not a folder" if folder.exists() else "No such file or directory"
+        raise (NotADirectoryError if folder.exists() else FileNotFoundError)(
+            errno.ENOTDIR if folder.exists() else errno.ENOENT, reason, str(directory))
+    names = presets or spec.presets()
+    if not any((folder / f"{preset}.json").exists() for preset in names):
+        raise FileNotFoundError(errno.ENOENT, "no golden file here (expected "
+                                f"{', '.join(f'{p}.json' for p in names)})", str(directory))
     problems = []
-    for preset in presets or spec.presets():
-        path = Path(directory) / f"{preset}.json"
-        if not path.exists():
-            problems.append(f"{path}: missing")
+    for preset in names:
+        path = folder / f"{preset}.json"
+        if not path.is_file():
+            problems.append(f"{path}: {'a folder, not a file' if path.exists() else 'missing'}")
             continue
-        if path.read_bytes() != render_preset(preset).encode("utf-8"):
-            problems.append(f"{path}: differs from what the spec generates now")
+        expected = render_preset(preset)
+        got = path.read_bytes()
+        if got == expected.encode("utf-8"):
+            continue
+        try:
+            load(path)  # a malformed file: the loader says where
+        except GoldenFormatError as err:
+            problems.append(str(err))
+            continue
+        where = first_difference(build_document(preset), json.loads(got))
+        if where is None:
+            where = _first_line_difference(expected, got.decode("utf-8"))
+        problems.append(f"{path}: differs from what the spec generates now: {where}")
     return problems
+
+
+def first_difference(expected: Any, got: Any, where: str = "") -> str | None:
+    """The first place where two parsed JSON documents differ, as ``path: expected X, got Y``
+    (list entries that are cases are named by their id); None if they are equal."""
+    if isinstance(expected, dict):
+        if not isinstance(got, dict):
+            return f"{where or 'top level'}: expected an object, got {_kind(got)}"
+        for key, value in expected.items():
+            if key not in got:
+                return f"{where or 'top level'}: missing key {key!r}"
+            found = first_difference(value, got[key], f"{where}.{key}" if where else key)
+            if found:
+                return found
+        extra = [key for key in got if key not in expected]
+        return f"{where or 'top level'}: unexpected key {extra[0]!r}" if extra else None
+    if isinstance(expected, list):
+        if not isinstance(got, list):
+            return f"{where}: expected a list, got {_kind(got)}"
+        for i, (a, b) in enumerate(zip(expected, got)):
+            label = f" ({a['id']})" if isinstance(a, dict) and "id" in a else ""
+            found = first_difference(a, b, f"{where}[{i}]{label}")
+            if found:
+                return found
+        if len(expected) != len(got):
+            return f"{where}: expected {len(expected)} entries, got {len(got)}"
+        return None
+    if type(expected) is not type(got) or expected != got:
+        detail = ""
+        if isinstance(expected, float) and isinstance(got, float) and expected:
+            detail = f" (relative difference {abs(got - expected) / abs(expected):.2g})"
+        return f"{where}: expected {expected!r}, got {got!r}{detail}"
+    return None
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list"}.get(type(value), repr(value))
+
+
+def _first_line_difference(expected: str, got: str) -> str:
+    """Same values, other text: the first line that differs."""
+    for number, (a, b) in enumerate(zip(expected.splitlines(), got.splitlines()), start=1):
+        if a != b:
+            return (f"the same values, written differently: line {number} is {b[:80]!r}, "
+                    f"expected {a[:80]!r} (rewrite it with minisage golden export)")
+    return ("the same values, written differently (line endings or the end of the file; "
+            "rewrite it with minisage golden export)")

@@ -61,8 +61,9 @@ class _OfficialRule(Rule):
         out["schedule"] = hp["schedule"]
         out["betas"] = _checks.betas(n, hp["betas"])
         if "beta3" in hp:
-            out["beta3"] = _checks.beta(n, "beta3", hp["beta3"])
-        out["eps"] = _checks.nonneg(n, "eps", hp["eps"])
+            out["beta3"] = _checks.sage_beta3(n, hp["beta3"])
+        # the SAGE pair divides by Ihat + eps**2 as well as by sqrt(v) + eps (or u + eps)
+        out["eps"] = _checks.divisor_eps(n, "eps", hp["eps"], squared=self.sage)
         out["weight_decay"] = _checks.nonneg(n, "weight_decay", hp["weight_decay"])
         if "correct_bias" in hp:
             out["correct_bias"] = _checks.flag(n, "correct_bias", hp["correct_bias"])

@@ -58,9 +58,9 @@ class AdamSAGERule(Rule):
         return {
             "lr": _checks.nonneg(n, "lr", hp["lr"]),
             "betas": _checks.betas(n, hp["betas"]),
-            "beta3": _checks.beta(n, "beta3", hp["beta3"]),
-            "eps": _checks.nonneg(n, "eps", hp["eps"]),
-            "sage_eps": _checks.nonneg(n, "sage_eps", hp["sage_eps"]),
+            "beta3": _checks.sage_beta3(n, hp["beta3"]),
+            "eps": _checks.divisor_eps(n, "eps", hp["eps"]),
+            "sage_eps": _checks.divisor_eps(n, "sage_eps", hp["sage_eps"]),
             "weight_decay": _checks.nonneg(n, "weight_decay", hp["weight_decay"]),
         }
 

@@ -175,11 +175,13 @@ class Rule:
                 total = norm = grad_norm(g, out=room)
             else:
                 total = g.sum()
-        if not math.isfinite(total) and not np.isfinite(g).all():
-            bad = int(g.size - np.count_nonzero(np.isfinite(g)))
-            raise FloatingPointError(
-                f"{self.name}: non-finite gradient for {label} ({bad} of {g.size} entries are "
-                "NaN or infinite); the parameter and its state were left unchanged")
+            param_total = p.sum()
+        for what, a, a_total in (("gradient for", g, total), ("value in", p, param_total)):
+            if not math.isfinite(a_total) and not np.isfinite(a).all():
+                bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+                raise FloatingPointError(
+                    f"{self.name}: non-finite {what} {label} ({bad} of {a.size} entries are NaN "
+                    "or infinite); the parameter and its state were left unchanged")
         st = self._check_state(state, p, label)
         if lr is not None:
             lr = _checks.nonneg(self.name, "lr", lr)

@@ -136,7 +136,7 @@ class AdamRule(Rule):
         return {
             "lr": _checks.nonneg(self.name, "lr", hp["lr"]),
             "betas": _checks.betas(self.name, hp["betas"]),
-            "eps": _checks.nonneg(self.name, "eps", hp["eps"]),
+            "eps": _checks.divisor_eps(self.name, "eps", hp["eps"]),
             "weight_decay": _checks.nonneg(self.name, "weight_decay", hp["weight_decay"]),
             "maximize": _checks.flag(self.name, "maximize", hp["maximize"]),
         }

@@ -3,7 +3,8 @@ after training, checkpoints and Ctrl-C handling.
 
 - :mod:`~minisage.train.config`: :class:`TrainConfig`, everything that determines a run;
 - :mod:`~minisage.train.loop`: :func:`train` (one run, with callbacks), :func:`evaluate`,
-  :func:`build_optimizer`, :func:`pretrained_state`, checkpoint save/restore;
+  :func:`build_optimizer`, :func:`pretrained_state`, checkpoint save/restore and
+  :func:`check_resume` (what a resumed run may change);
 - :mod:`~minisage.train.recorder`: :class:`SensitivityRecorder`, a callback measuring I, Ibar,
   U and r for any optimizer;
 - :mod:`~minisage.train.analysis`: :func:`pruning_curve`, :func:`batch_sensitivity`,
@@ -23,16 +24,18 @@ from minisage.train.analysis import (
     welch_p,
 )
 from minisage.train.checkpoint import Checkpoint
-from minisage.train.config import TrainConfig
+from minisage.train.config import ConfigError, TrainConfig
 from minisage.train.interrupt import TrainingInterrupted, deferred_interrupt
 from minisage.train.loop import (
     RunResult,
     batch_for_step,
     build_optimizer,
+    check_resume,
     config_of,
     evaluate,
     loss_and_logits,
     lr_schedule,
+    pretrain_config,
     pretrained_state,
     restore_checkpoint,
     save_checkpoint,
@@ -49,10 +52,11 @@ from minisage.train.recorder import (
 )
 
 __all__ = [
-    "TrainConfig", "train", "RunResult", "evaluate", "loss_and_logits", "batch_for_step",
-    "lr_schedule", "build_optimizer", "pretrained_state", "SensitivityRecorder",
+    "TrainConfig", "ConfigError", "train", "RunResult", "evaluate", "loss_and_logits",
+    "batch_for_step",
+    "lr_schedule", "build_optimizer", "pretrain_config", "pretrained_state", "SensitivityRecorder",
     "QUANTILES", "is_sage_matrix", "sage_matrices", "shadow_preset", "shadow_rule",
     "decile_means", "batch_sensitivity", "pruning_curve",
     "mean_ci", "welch_p", "nan_to_none", "checkpoint", "Checkpoint", "save_checkpoint",
-    "restore_checkpoint", "config_of", "TrainingInterrupted", "deferred_interrupt",
+    "restore_checkpoint", "config_of", "check_resume", "TrainingInterrupted", "deferred_interrupt",
 ]

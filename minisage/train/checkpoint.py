@@ -6,16 +6,18 @@ they go back into a model, an optimizer and a recorder.
 
 On disk, every ndarray of the pieces is its own entry (``model/<name>``, and ``optimizer/...``,
 ``recorder/...`` for arrays inside those nests); everything else (the config, the step, the
-history, the nesting of the optimizer's and the recorder's state, the random generator's state)
-is one JSON string under ``meta``, the arrays replaced by references to their entries. Loading
-uses ``np.load(..., allow_pickle=False)`` and checks every piece; a fault raises
-:class:`~minisage.errors.CheckpointError` naming the file and the fault.
+history, the nesting of the optimizer's and the recorder's state, the random generator's state,
+the stage) is one JSON string under ``meta``, the arrays replaced by references to their entries.
+Saving writes a temporary file beside the target and renames it when complete
+(:func:`minisage.files.write_atomic`), so that an interrupted save never leaves a partial file or
+spoils an older checkpoint of the same name. Loading uses ``np.load(..., allow_pickle=False)`` and
+checks every piece; a fault raises :class:`~minisage.errors.CheckpointError` naming the file and
+the fault.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,9 +25,12 @@ from typing import Any
 import numpy as np
 
 from minisage.errors import CheckpointError
+from minisage.files import write_atomic
 
 FORMAT = "minisage-checkpoint"
 VERSION = 2  # 2: the recorder's state is a nest like the optimizer's (1 kept it in its own keys)
+#: what a checkpoint holds: a run ("train"), or the pretraining stage before it ("pretrain")
+STAGES = ("train", "pretrain")
 
 
 @dataclass
@@ -35,7 +40,9 @@ class Checkpoint:
     ``config``: a plain dict (JSON types); ``model``: ``{name: ndarray}`` (a ``state_dict``);
     ``optimizer`` and ``recorder``: nests of dicts, lists, ndarrays and JSON values (a
     ``state_dict``), or None; ``history``: JSON rows; ``rng``: a random generator's
-    ``bit_generator.state`` (or None). ``path``: the file it was loaded from ("" if none).
+    ``bit_generator.state`` (or None). ``stage``: ``"train"`` (the pieces are the run's) or
+    ``"pretrain"`` (they are its pretraining stage's; ``config`` is still the run's). ``path``:
+    the file it was loaded from ("" if none).
     """
 
     config: dict[str, Any]
@@ -45,6 +52,7 @@ class Checkpoint:
     recorder: Any = None
     history: list[dict] = field(default_factory=list)
     rng: dict | None = None
+    stage: str = "train"
     path: str = ""
 
 
@@ -77,7 +85,11 @@ def _unflatten(obj, arrays: dict[str, np.ndarray]):
 
 
 def save(path, checkpoint: Checkpoint) -> None:
-    """Write ``checkpoint`` to ``path`` (exactly that name; folders are created)."""
+    """Write ``checkpoint`` to ``path`` (exactly that name; folders are created), whole or not at
+    all."""
+    if checkpoint.stage not in STAGES:
+        raise ValueError(f"checkpoint stage must be one of {', '.join(STAGES)}, got "
+                         f"{checkpoint.stage!r}")
     arrays: dict[str, np.ndarray] = {}
     for name, value in checkpoint.model.items():
         arrays[f"model/{name}"] = np.asarray(value)
@@ -86,10 +98,9 @@ def save(path, checkpoint: Checkpoint) -> None:
         "config": checkpoint.config, "history": checkpoint.history,
         "optimizer": _flatten(checkpoint.optimizer, "optimizer", arrays),
         "recorder": _flatten(checkpoint.recorder, "recorder", arrays),
-        "rng": checkpoint.rng,
+        "rng": checkpoint.rng, "stage": checkpoint.stage,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "wb") as f:  # np.savez would append .npz to a path without it
+    with write_atomic(path) as f:  # (np.savez given a name would append .npz to it)
         np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
 
 
@@ -125,6 +136,10 @@ def load(path) -> Checkpoint:
         raise CheckpointError(f"{path}: 'step' must be >= 0, got {meta['step']}")
     if meta.get("rng") is not None and not isinstance(meta["rng"], dict):
         raise CheckpointError(f"{path}: 'rng' must be a dict or null")
+    stage = meta.get("stage", "train")
+    if stage not in STAGES:
+        raise CheckpointError(f"{path}: 'stage' must be one of {', '.join(STAGES)}, got "
+                              f"{stage!r}")
     try:
         optimizer = _unflatten(meta.get("optimizer"), arrays)
         recorder = _unflatten(meta.get("recorder"), arrays)
@@ -134,4 +149,4 @@ def load(path) -> Checkpoint:
     model = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
     return Checkpoint(config=meta["config"], step=meta["step"], model=model,
                       optimizer=optimizer, recorder=recorder, history=meta["history"],
-                      rng=meta.get("rng"), path=str(path))
+                      rng=meta.get("rng"), stage=stage, path=str(path))

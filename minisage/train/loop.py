@@ -2,17 +2,22 @@
 
 ``train(config)`` runs one training run of a task with any optimizer preset and returns a
 :class:`RunResult` (history of metrics, recorder, model). The same config gives identical numbers.
+
+Resuming (``train(config, resume=checkpoint)``) continues a saved run bit for bit. Its config must
+be the saved one (:func:`check_resume`), except ``steps``, which may grow when the schedule is
+constant: the run is then extended, step for step the run that had asked for that many steps from
+the start (its history keeps the row of the old last step). The linear and cosine schedules spread
+over all the steps, so a different number of steps changes the lr of every step and is refused.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -21,12 +26,13 @@ from tqdm.auto import tqdm
 import minisage.functional as F
 from minisage import optim, spec
 from minisage.autograd import no_grad
-from minisage.errors import CheckpointError
+from minisage.errors import CheckpointError, UsageError
+from minisage.files import check_writable
 from minisage.nn import Transformer
 from minisage.spec.split import SAGE_PATTERNS
 from minisage.tasks import IGNORE, Task, make_task
 from minisage.train import checkpoint as ckpt
-from minisage.train.config import TrainConfig
+from minisage.train.config import ConfigError, TrainConfig
 from minisage.train.interrupt import TrainingInterrupted, deferred_interrupt
 from minisage.train.recorder import SensitivityRecorder, shadow_rule
 
@@ -125,14 +131,33 @@ class RunResult:
         return self.history[-1]
 
 
-def pretrained_state(config: TrainConfig, task: Task, progress: bool = False) -> dict:
-    """Weights after the task's pretraining stage (masked-LM, AdamW), deterministic in the seed
-    of the *task* so that every fine-tuning run starts from the same pretrained model."""
-    stage = replace(
-        config, optimizer="bert-adamw", lr=config.pretrain_lr, steps=config.pretrain_steps,
-        record_every=0, eval_every=config.pretrain_steps, seed=0,
-    )
-    result = train(stage, task=task.pretrain, progress=progress, label="pretrain")
+def pretrain_config(config: TrainConfig) -> TrainConfig:
+    """The config of the pretraining stage of a run of ``config``: masked-LM with bert-adamw at
+    ``pretrain_lr`` for ``pretrain_steps`` steps, seed 0 (every fine-tuning run of the task starts
+    from the same pretrained model), evaluated at its last step, nothing recorded."""
+    return replace(config, optimizer="bert-adamw", lr=config.pretrain_lr,
+                   steps=config.pretrain_steps, record_every=0, eval_every=config.pretrain_steps,
+                   seed=0)
+
+
+def pretrained_state(config: TrainConfig, task: Task, progress: bool = False, *,
+                     checkpoint_path: str | None = None,
+                     resume: ckpt.Checkpoint | None = None) -> dict | None:
+    """Weights after the task's pretraining stage (:func:`pretrain_config`); None when the task has
+    none or ``config.pretrain_steps`` is 0.
+
+    ``checkpoint_path``: Ctrl-C stops the stage between two steps, saves it there (a checkpoint of
+    stage ``"pretrain"`` holding the run's ``config``) and raises :class:`TrainingInterrupted`.
+    ``resume``: such a checkpoint, to finish the stage from (bit for bit the uninterrupted one).
+    """
+    if task.pretrain is None or config.pretrain_steps == 0:
+        if resume is not None:
+            raise UsageError(f"{resume.path}: a pretraining checkpoint, but this run has no "
+                             "pretraining stage")
+        return None
+    result = train(pretrain_config(config), task=task.pretrain, progress=progress,
+                   label="pretrain", checkpoint_path=checkpoint_path, resume=resume,
+                   pretraining_for=config)
     return result.model.state_dict()
 
 
@@ -144,7 +169,8 @@ def _hooks(callbacks: Iterable[Any], name: str) -> list:
 def train(config: TrainConfig, task: Task | None = None, *, init_state: dict | None = None,
           callbacks: Sequence[Any] = (), sage_patterns: Sequence[str] | None = None,
           progress: bool = False, label: str = "", checkpoint_path: str | None = None,
-          resume: ckpt.Checkpoint | None = None, stop_at: int | None = None) -> RunResult:
+          resume: ckpt.Checkpoint | None = None, stop_at: int | None = None,
+          pretraining_for: TrainConfig | None = None) -> RunResult:
     """Train a fresh Transformer on ``task`` (default: ``make_task(config.task)``).
 
     Each step: the batch ``batch_for_step(task, config.seed, step, config.batch_size)``, its loss
@@ -167,11 +193,19 @@ def train(config: TrainConfig, task: Task | None = None, *, init_state: dict | N
     missing names, like a new head, keep their seeded initialization). ``sage_patterns``: which
     parameters get SAGE (see :func:`build_optimizer`). ``progress``: a progress bar on stderr
     (only in a terminal or a notebook), named ``label``. ``resume``: a loaded checkpoint to
-    continue (see :func:`restore_checkpoint`). ``checkpoint_path``: if given, Ctrl-C is deferred
-    to the end of the step (a SIGINT handler while the loop runs, main thread only), the run is
-    saved there and :class:`TrainingInterrupted` is raised. ``stop_at``: end after that step, as
-    an interrupted run would (the schedule still spans ``config.steps``).
+    continue (see :func:`check_resume` and :func:`restore_checkpoint`). ``checkpoint_path``: if
+    given (it is checked writable first), Ctrl-C is deferred to the end of the step (a SIGINT
+    handler while the loop runs, main thread only; see :func:`deferred_interrupt`), the run is
+    saved there and :class:`TrainingInterrupted` is raised; a Ctrl-C during the last step lets
+    the run finish. ``stop_at``: end after that step, as an interrupted run would (the schedule
+    still spans ``config.steps``). ``pretraining_for``: set by :func:`pretrained_state`: this is
+    the pretraining stage of a run of that config, which its checkpoints hold.
     """
+    stage = "train" if pretraining_for is None else "pretrain"
+    if checkpoint_path is not None:
+        check_writable(checkpoint_path)
+    if resume is not None:
+        check_resume(pretraining_for or config, resume, stage)
     if task is None:
         task = make_task(config.task, seed=config.seed, n_train=config.labels)
     model = Transformer(config.model_config(task), seed=config.seed)
@@ -191,15 +225,13 @@ def train(config: TrainConfig, task: Task | None = None, *, init_state: dict | N
     start_step = 1
     if resume is not None:
         start_step = restore_checkpoint(resume, model, optimizer, recorder, history) + 1
-    last_step = stop_at or config.steps
+    last_step = _last_step(config, stop_at, start_step)
     lr_at = lr_schedule(config)
     # training accuracy (for the generalization gap) is measured on a fixed part of the train split
     train_probe, val_probe = task.train.head(config.eval_rows), task.val.head(config.eval_rows)
     bar = _progress_bar(config.steps, start_step - 1, label or config.optimizer, progress)
     train_seconds = 0.0
-    deferred = (deferred_interrupt() if checkpoint_path
-                else contextlib.nullcontext({"pending": False}))  # Ctrl-C acts at once
-    with bar, deferred as interrupt:
+    with bar, deferred_interrupt(enabled=checkpoint_path is not None) as interrupt:
         for step in range(start_step, last_step + 1):
             tick = time.perf_counter()
             ids, targets = batch_for_step(task, config.seed, step, config.batch_size)
@@ -217,7 +249,7 @@ def train(config: TrainConfig, task: Task | None = None, *, init_state: dict | N
             train_seconds += time.perf_counter() - tick
             for hook in on_step_end:
                 hook(step, model, optimizer, loss_value)
-            if step % config.eval_every == 0 or step == config.steps:
+            if step == config.steps or config.eval_every and step % config.eval_every == 0:
                 row = {"step": step, "train_loss_batch": loss_value}
                 train_metrics = evaluate(model, task, train_probe)
                 val_metrics = evaluate(model, task, val_probe)
@@ -228,13 +260,27 @@ def train(config: TrainConfig, task: Task | None = None, *, init_state: dict | N
                 bar.set_postfix_str(f"loss {loss_value:.3f} val acc {row['val_accuracy']:.3f}",
                                     refresh=False)
             bar.update(1)
-            if interrupt["pending"]:  # Ctrl-C: stop between two whole steps
-                path = os.path.abspath(checkpoint_path)
-                save_checkpoint(path, config, model, optimizer, recorder, history, step=step)
-                raise TrainingInterrupted(step, path)
+            if interrupt["pending"] and step < last_step:  # Ctrl-C: stop between whole steps
+                path = None
+                if checkpoint_path is not None:
+                    path = os.path.abspath(checkpoint_path)
+                    save_checkpoint(path, pretraining_for or config, model, optimizer, recorder,
+                                    history, step=step, stage=stage)
+                raise TrainingInterrupted(step, path, stage=stage, total=config.steps)
     done = last_step - start_step + 1
     return RunResult(config, history, recorder, model, optimizer, train_seconds,
                      done / train_seconds if train_seconds else float("nan"))
+
+
+def _last_step(config: TrainConfig, stop_at: int | None, start_step: int) -> int:
+    """The step this call ends after: ``stop_at`` (checked) or ``config.steps``."""
+    if stop_at is None:
+        return config.steps
+    if (isinstance(stop_at, bool) or not isinstance(stop_at, int)
+            or not start_step <= stop_at <= config.steps):
+        raise UsageError(f"train: stop_at must be an integer in [{start_step}, {config.steps}] "
+                         f"(from the first step of this call to config.steps), got {stop_at!r}")
+    return stop_at
 
 
 def _in_notebook() -> bool:
@@ -251,13 +297,15 @@ def _progress_bar(total: int, done: int, label: str, enabled: bool):
 
 # ----- checkpoints ---------------------------------------------------------------------------
 def save_checkpoint(path, config: TrainConfig, model: Transformer, optimizer,
-                    recorder: SensitivityRecorder | None, history: list[dict], step: int) -> None:
-    """Save everything needed to continue the run bit for bit after ``step``."""
+                    recorder: SensitivityRecorder | None, history: list[dict], step: int, *,
+                    stage: str = "train") -> None:
+    """Save everything needed to continue the run bit for bit after ``step``. ``stage``
+    ``"pretrain"``: the pieces are the pretraining stage's of a run of ``config``."""
     ckpt.save(path, ckpt.Checkpoint(
         config=asdict(config), step=step, model=model.state_dict(),
         optimizer=optimizer.state_dict(),
         recorder=recorder.state_dict() if recorder is not None else None,
-        history=history, rng=model.rng.bit_generator.state))
+        history=history, rng=model.rng.bit_generator.state, stage=stage))
 
 
 def config_of(checkpoint: ckpt.Checkpoint) -> TrainConfig:
@@ -267,6 +315,47 @@ def config_of(checkpoint: ckpt.Checkpoint) -> TrainConfig:
         return TrainConfig.from_dict(checkpoint.config)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{checkpoint.path}: bad config ({err})") from None
+
+
+def check_resume(config: TrainConfig, checkpoint: ckpt.Checkpoint, stage: str = "train") -> None:
+    """Check that ``config`` continues the run saved in ``checkpoint`` (whose stage must be
+    ``stage``): every field as saved, except the stage's own step count (``steps``; for a
+    pretraining checkpoint ``pretrain_steps``), which may differ only where the stage can be
+    extended (the constant schedule; see the module docstring) and must leave a step to take. A
+    pretraining checkpoint may also change ``steps``: fine-tuning has not started. ConfigError
+    names the field."""
+    path = checkpoint.path or "the checkpoint"
+    if checkpoint.stage != stage:
+        holds = {"train": "a run", "pretrain": "the pretraining stage of a run"}
+        raise CheckpointError(f"{path} holds {holds[checkpoint.stage]}, not {holds[stage]}")
+    saved = config_of(checkpoint)
+    own = "steps" if stage == "train" else "pretrain_steps"
+    for f in fields(TrainConfig):
+        given, kept = getattr(config, f.name), getattr(saved, f.name)
+        if f.name not in (own, "steps") and given != kept:
+            raise ConfigError(f.name, f"is {given!r}, but {path} was saved with {kept!r}: a "
+                                      f"resumed run keeps its settings (only {own} may change)",
+                              prefix="resume")
+    given, kept, done = getattr(config, own), getattr(saved, own), checkpoint.step
+    if given == kept > done:
+        return
+    if given == kept:
+        extend = (f"give more {own} (> {done}) to extend it" if config.schedule == "constant"
+                  else _cannot_extend(config.schedule))
+        whole = "run" if stage == "train" else "pretraining stage"
+        raise UsageError(f"{path} holds the whole {whole} (step {done} of {kept}): nothing to "
+                         f"resume; {extend}")
+    if config.schedule != "constant":
+        raise ConfigError(own, f"is {given}, but {path} was saved with {kept}: "
+                               f"{_cannot_extend(config.schedule)}", prefix="resume")
+    if given <= done:
+        raise ConfigError(own, f"is {given}, but {path} is already at step {done}: give more "
+                               "than that", prefix="resume")
+
+
+def _cannot_extend(schedule: str) -> str:
+    return (f"the {schedule} schedule sets every step's lr from the total number of steps, so "
+            "only a run with the constant schedule can be extended")
 
 
 def restore_checkpoint(checkpoint: ckpt.Checkpoint, model: Transformer, optimizer,
