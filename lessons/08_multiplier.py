@@ -21,6 +21,13 @@
 # Every number in the prose below is printed by the code next to it.
 
 # %%
+import importlib.util
+import sys
+from pathlib import Path
+
+if "__file__" not in dir():  # a notebook: its own folder, else lessons/ beside the minisage in use
+    package = importlib.util.find_spec("minisage")
+    sys.path += [str(Path(package.origin).parents[1] / "lessons")] if package else []
 from _lesson import FAST, save  # first: the lesson's process setup
 
 # isort: split
