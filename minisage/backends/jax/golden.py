@@ -14,6 +14,7 @@ import numpy as np
 import optax
 
 from minisage.backends.jax.devices import resolve_device
+from minisage.backends.jax.hparams import compute_dtype
 from minisage.backends.jax.optimizers import (
     AdamSAGEState,
     BertAdamaxState,
@@ -31,8 +32,11 @@ _STATE_TYPES = {"adamw-sage": BertAdamWState, "bert-adamw": BertAdamWState,
 def _golden_step(factory, preset: str, sage: bool, device):
     """A step function: one eager (un-jitted) step of ``factory`` on the golden inputs.
 
-    The golden ``lr`` of a step (the scheduled lr) is given as a constant ``lr_schedule``; the
-    spec preset ``adamw``'s ``maximize`` is emulated by negating the gradient (exact).
+    The golden ``lr`` of a step (the scheduled lr) is given as a constant ``lr_schedule`` (the
+    base ``lr`` stays the decay's); the spec preset ``adamw``'s ``maximize`` is emulated by
+    negating the gradient (exact). Parameters may be float64, float32 or bfloat16 (NumPy's
+    ``ml_dtypes.bfloat16``); the state is taken and returned in the compute dtype (float32 for
+    bfloat16).
     """
     state_type = _STATE_TYPES[preset]
 
@@ -47,8 +51,9 @@ def _golden_step(factory, preset: str, sage: bool, device):
             hp["lr_schedule"] = lambda count, _lr=lr: _lr
         tx = factory(sage=sage, **hp)
         p = put(param)
+        cdt = compute_dtype(p.dtype)
         st = state_type(step=jnp.asarray(state["step"], jnp.int32),
-                        **{k: (put(state[k]) if k in state else None)
+                        **{k: (put(state[k]).astype(cdt) if k in state else None)
                            for k in state_type._fields if k != "step"})
         updates, new_state = tx.update(put(grad), st, p)
         new_p = optax.apply_updates(p, updates)
