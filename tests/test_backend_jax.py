@@ -8,6 +8,7 @@ process-wide; float32 arrays stay float32 with it on).
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -144,3 +145,146 @@ def test_cli_and_device_errors(capsys):
         bj.adamw_sage(beta3=1.0)
     with pytest.raises(ValueError, match="not both"):
         bj.adamax_sage(lr=0.1, t_total=10, lr_schedule=lambda count: 0.1)
+
+
+SAGE_FACTORIES = [(bj.adamw_sage, "adamw-sage"), (bj.adamax_sage, "adamax-sage"),
+                  (bj.adam_sage, "adam-sage")]
+SAGE_IDS = ["adamw_sage", "adamax_sage", "adam_sage"]
+
+
+def _leaf_state(state, key) -> dict:
+    """The spec state of leaf ``key`` of a one-level dict of parameters."""
+    return {name: (int(tree) if name == "step" else np.asarray(tree[key]))
+            for name, tree in state._asdict().items() if tree is not None}
+
+
+def _half_params(seed: int) -> dict:
+    """A zero bias and small weights in float16 and in bfloat16 (one pytree: one compile)."""
+    rng = np.random.default_rng(seed)
+    return {f"{kind}.{dtype}": jnp.asarray(np.asarray(scale * rng.standard_normal((8, 8)),
+                                                      jnp.dtype(dtype)))
+            for dtype in ("float16", "bfloat16") for kind, scale in (("b", 0.0), ("w", 0.05))}
+
+
+def _jitted_step(tx):
+    """One jitted optimizer step ``(grads, state, params) -> (new_params, state)``."""
+    def step(grads, state, params):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return jax.jit(step)
+
+
+@pytest.mark.parametrize("factory,preset", SAGE_FACTORIES, ids=SAGE_IDS)
+def test_half_precision_step_is_the_float32_spec_step_rounded(factory, preset):
+    """float16/bfloat16 parameters, zero-initialised biases and tiny gradients (1e-4: float16
+    underflows (1 - beta2) g^2 and (1 - beta3) |p g|, and its eps^2 = 0 makes a zero Ibar's
+    r = 0/0). Each jitted step is the spec's float32 step on the same inputs, with the new
+    parameter rounded to the dtype: optax adds the update ``round(p) - p0`` in the dtype, so
+    ``got`` is within (eps/2)(2|p| + |p - p0|) of the spec's ``p`` (three roundings; one, when
+    the step is small next to p0), checked as eps (|p| + |p - p0|). The float32 state agrees
+    normwise to 2e-5 (jax fuses multiply-adds, so an EMA that cancels differs in its last digits).
+    The zero biases stay 0 (r = 0 while p = 0); after 5 steps the parameters are within 5 eps of
+    the spec's own float32 run, normwise (the roundings of a step add up to eps max|p|)."""
+    params = _half_params(7)
+    tx = factory(lr=1e-3)
+    step = _jitted_step(tx)
+    state = jax.jit(tx.init)(params)
+    assert {a.dtype for a in jax.tree.leaves(state._replace(step=None))} == {np.dtype("float32")}
+    rule = spec.make(preset, lr=1e-3)
+    f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    fi = {k: jnp.finfo(p.dtype) for k, p in params.items()}
+    run = {k: (f32(p), rule.init(f32(p))) for k, p in params.items()}
+    rng = np.random.default_rng(8)
+    worst = 0.0
+    for _ in range(5):
+        grads = {k: jnp.asarray(np.asarray(1e-4 * rng.standard_normal(p.shape), p.dtype))
+                 for k, p in params.items()}
+        before = {k: f32(p) for k, p in params.items()}
+        expected = {k: rule.step(before[k], f32(grads[k]), _leaf_state(state, k)) for k in params}
+        new_params, state = step(grads, state, params)
+        for k, (p, st, _) in expected.items():
+            got = f32(new_params[k])
+            assert new_params[k].dtype == params[k].dtype and np.isfinite(got).all()
+            allowed = fi[k].eps * (np.abs(p) + np.abs(p - before[k])) + fi[k].smallest_subnormal
+            worst = max(worst, np.max(np.abs(got - p) / allowed))
+            for name, value in _leaf_state(state, k).items():
+                if name != "step":
+                    assert np.abs(value - st[name]).max() <= 2e-5 * np.abs(st[name]).max()
+        params = new_params
+        run = {k: rule.step(run[k][0], f32(grads[k]), run[k][1])[:2] for k in run}
+    assert worst <= 1
+    for k, p in params.items():
+        if k.startswith("b."):
+            assert np.all(f32(p) == 0) and np.all(run[k][0] == 0)
+        else:
+            expected = run[k][0]
+            assert np.abs(f32(p) - expected).max() <= 5 * fi[k].eps * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("factory,preset", SAGE_FACTORIES, ids=SAGE_IDS)
+def test_schedules_and_inject_hyperparams(factory, preset):
+    """Under one jit, four steps of: an optax schedule as ``lr``; ``optax.inject_hyperparams``
+    with ``lr`` changed in the state after two steps; inject_hyperparams with a schedule; the
+    official schedule with ``t_total`` injected (traced); ``lr_schedule``. Each equals the spec
+    rule to 1e-12 (float64): the first three with that step's lr as the rule's ``lr`` (the AdamW
+    pair's decay uses it too, as with a torch lr scheduler), ``lr_schedule`` as ``step(lr=...)``
+    with the base lr kept for the decay."""
+    wd = 0.1
+    sched = optax.cosine_decay_schedule(1e-2, 4)  # float64 under x64: the same in and out of jit
+    lrs = [float(sched(jnp.asarray(k, jnp.int32))) for k in range(4)]
+    inject = optax.inject_hyperparams(factory)
+    txs = {"lr=schedule": (factory(lr=sched, weight_decay=wd), [(lr, None) for lr in lrs]),
+           "inject": (inject(lr=1e-2, weight_decay=wd), [(1e-2, None)] * 2 + [(2e-3, None)] * 2),
+           "inject(schedule)": (inject(lr=sched, weight_decay=wd), [(lr, None) for lr in lrs]),
+           "lr_schedule": (factory(lr=1e-2, weight_decay=wd, lr_schedule=sched),
+                           [(1e-2, lr) for lr in lrs])}
+    extra = {} if preset == "adam-sage" else {"t_total": 4, "warmup": 0.25}
+    if extra:
+        txs["inject(t_total)"] = (inject(lr=1e-2, weight_decay=wd, **extra), [(1e-2, None)] * 4)
+
+    @jax.jit
+    def step(grads, states, params):
+        out = {n: tx.update(grads, states[n], params[n]) for n, (tx, _) in txs.items()}
+        return ({n: optax.apply_updates(params[n], u) for n, (u, _) in out.items()},
+                {n: s for n, (_, s) in out.items()})
+
+    rng = np.random.default_rng(4)
+    p0 = {"w": rng.standard_normal((3, 4))}
+    params = {n: jax.tree.map(jnp.asarray, p0) for n in txs}
+    states = {n: tx.init(params[n]) for n, (tx, _) in txs.items()}
+    ref = {n: (p0["w"], spec.make(preset, lr=1.0).init(p0["w"])) for n in txs}
+    for k in range(4):
+        if k == 2:
+            states["inject"].hyperparams["lr"] = jnp.asarray(2e-3, jnp.float64)
+        g = rng.standard_normal((3, 4))
+        params, states = step({"w": jnp.asarray(g)}, states, params)
+        for n, (_, lr_list) in txs.items():
+            base, lr_t = lr_list[k]
+            rule = spec.make(preset, lr=base, weight_decay=wd,
+                             **(extra if n == "inject(t_total)" else {}))
+            ref[n] = rule.step(ref[n][0], g, ref[n][1], lr=lr_t)[:2]
+    for n in txs:
+        np.testing.assert_allclose(np.asarray(params[n]["w"]), ref[n][0], rtol=1e-12,
+                                   err_msg=n)
+    if preset == "adamw-sage":  # the two lr semantics differ, in the decay only
+        assert np.abs(ref["lr=schedule"][0] - ref["lr_schedule"][0]).max() > 1e-4
+
+
+def test_schedule_conflicts_and_half_precision_hyperparameters():
+    """Two schedules at once are refused, naming both; a non-lr callable is refused; the
+    hyperparameters optax.inject_hyperparams casts to float16 parameters get one warning naming
+    them (and none with hyperparam_dtype=jnp.float32)."""
+    sched = optax.constant_schedule(0.1)
+    with pytest.raises(ValueError, match="t_total=10"):
+        bj.adamw_sage(lr=sched, t_total=10)
+    with pytest.raises(ValueError, match="lr or lr_schedule, not both"):
+        bj.adam_sage(lr=sched, lr_schedule=sched)
+    with pytest.raises(ValueError, match="beta3 must be a number"):
+        bj.adamax_sage(lr=0.1, beta3=sched)
+    half = {"w": jnp.zeros(3, jnp.float16)}
+    with pytest.warns(UserWarning, match="lr, beta3, eps, weight_decay, max_grad_norm arrived"):
+        optax.inject_hyperparams(bj.adamw_sage)(lr=1e-3).init(half)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        optax.inject_hyperparams(bj.adamw_sage, hyperparam_dtype=jnp.float32)(lr=1e-3).init(half)

@@ -59,20 +59,19 @@ def at(dtype, x):
     return x if isinstance(x, (int, float)) else jnp.asarray(x).astype(dtype)
 
 
-def _concrete(name: str, where: str, value):
-    """A concrete scalar array as a Python number (a warning where it arrived in half precision);
-    anything else unchanged, for the spec's checks."""
+def _number(name: str, where: str, value):
+    """A concrete scalar array as a Python number; anything else unchanged, for the spec's checks.
+    """
     if not isinstance(value, (jax.Array, np.ndarray, np.generic)):
         return value
     if np.ndim(value) != 0:
         raise ValueError(f"{where}: {name} must be a scalar, got an array of shape "
                          f"{np.shape(value)}")
-    if jnp.dtype(value.dtype) in _HALF:
-        warnings.warn(f"{where}: {name} arrived as a {jnp.dtype(value.dtype).name} scalar "
-                      f"({float(value)!r}; optax.inject_hyperparams casts hyperparameters to "
-                      "the parameters' dtype): pass hyperparam_dtype=jnp.float32 to keep it "
-                      "exact", stacklevel=4)
     return value.item()
+
+
+def _is_half(value) -> bool:
+    return hasattr(value, "dtype") and jnp.dtype(value.dtype) in _HALF
 
 
 def resolve(preset: str, where: str, **given: Any) -> dict[str, Any]:
@@ -80,9 +79,16 @@ def resolve(preset: str, where: str, **given: Any) -> dict[str, Any]:
 
     Traced values are not checked (the check sees the default, or ``lr=0`` where the preset
     requires one) and come back as scalar-dtype arrays; a schedule given as ``lr`` is checked
-    by its value at count 0 and comes back as it is.
+    by its value at count 0 and comes back as it is. Hyperparameters that arrive in half
+    precision (``optax.inject_hyperparams`` casts them to the parameters' dtype) get a warning.
     """
     checked, kept = {}, {}
+    half = [name for name, value in given.items() if _is_half(value)]
+    if half:
+        warnings.warn(f"{where}: {', '.join(half)} arrived as half-precision scalars "
+                      "(optax.inject_hyperparams casts hyperparameters to the parameters' "
+                      "dtype; float16 rounds eps=1e-6 to 1.0133e-06): pass "
+                      "hyperparam_dtype=jnp.float32 to keep them exact", stacklevel=3)
     for name, value in given.items():
         if callable(value):
             if name != "lr":
@@ -95,7 +101,7 @@ def resolve(preset: str, where: str, **given: Any) -> dict[str, Any]:
             if name == "lr":
                 checked["lr"] = 0.0
             continue
-        checked[name] = _concrete(name, where, value)
+        checked[name] = _number(name, where, value)
     h = spec.make(preset, **checked).hparams
     h.update(kept)
     return h
