@@ -36,7 +36,7 @@ def _golden_step(factory, preset: str, sage: bool, device):
     base ``lr`` stays the decay's); the spec preset ``adamw``'s ``maximize`` is emulated by
     negating the gradient (exact). Parameters may be float64, float32 or bfloat16 (NumPy's
     ``ml_dtypes.bfloat16``); the state is taken and returned in the compute dtype (float32 for
-    bfloat16).
+    bfloat16). Everything runs on ``device`` (the step count and the scalars included).
     """
     state_type = _STATE_TYPES[preset]
 
@@ -44,6 +44,10 @@ def _golden_step(factory, preset: str, sage: bool, device):
         return jax.device_put(jnp.asarray(np.array(a)), device)
 
     def step_fn(param, grad, state, lr, hparams):
+        with jax.default_device(device):
+            return step_on_device(param, grad, state, lr, hparams)
+
+    def step_on_device(param, grad, state, lr, hparams):
         hp = dict(hparams)
         if hp.pop("maximize", False):
             grad = -grad
