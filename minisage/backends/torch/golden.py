@@ -42,7 +42,7 @@ def _spec_optimizer_step(cls: type[SpecOptimizer], sage: bool, device: torch.dev
             opt.param_groups[0]["initial_lr"] = hp["lr"]
             opt.param_groups[0]["lr"] = lr
         opt.step()
-        out = {k: (v if k == "step" else v.cpu().numpy()) for k, v in opt.state[p].items()}
+        out = {k: (int(v) if k == "step" else v.cpu().numpy()) for k, v in opt.state[p].items()}
         return p.detach().cpu().numpy(), out
 
     return step_fn
