@@ -413,11 +413,12 @@ def _hparams(st, names: Mapping[str, Any]):
     unit = st.floats(0.0, 1.0)
     draws: dict[str, Any] = {
         "lr": st.sampled_from([1e-3, 1e-2, 0.1]) | st.floats(1e-5, 0.3),
-        # beta1 >= 0.5: below it torch's form m + (1 - beta1) (g - m) (presets adam, adamw,
-        # adamax, adam-sage) rounds in proportion to the previous m, not to the new one
+        # beta1, beta3 >= 0.5: below it an average written as torch writes its first moment,
+        # m + (1 - beta1) (g - m) (a lerp, one fused pass), rounds in proportion to the previous
+        # average rather than to the new one; a backend may use that form for any average
         "betas": st.tuples(st.sampled_from([0.5, 0.9]) | st.floats(0.5, 0.99),
                            st.sampled_from([0.999]) | st.floats(0.5, 0.9999)),
-        "beta3": st.sampled_from([0.0, 0.75]) | st.floats(0.0, 0.99),
+        "beta3": st.sampled_from([0.5, 0.75]) | st.floats(0.5, 0.99),
         "eps": st.sampled_from([1e-8, 1e-6]) | st.floats(1e-10, 1e-4),
         "sage_eps": st.sampled_from([1e-12]) | st.floats(1e-14, 1e-6),
         "weight_decay": st.sampled_from([0.0, 0.01]) | st.floats(0.0, 0.3),

@@ -339,7 +339,9 @@ class SpecOptimizer(torch.optim.Optimizer):
         out = []
         for group, _, gs, _ in work:
             full = [g for g in gs if g.numel()]  # an empty tensor has norm 0 (and no max)
-            if group.get("max_grad_norm", -1) > 0:
+            if not full:
+                norms = iter(())
+            elif group.get("max_grad_norm", -1) > 0:
                 norms = iter(torch._foreach_norm([g.float() if g.dtype in HALF else g
                                                   for g in full]))
             else:
