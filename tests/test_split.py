@@ -100,12 +100,15 @@ def test_an_empty_selection_warns_naming_the_patterns_names_and_fitting_sets():
         split.sage_param_groups(named, on_no_sage="loud")
 
 
-def test_a_select_function_replaces_the_patterns():
+def test_select_functions_replace_the_patterns():
     names = BLOCK_NAMES["gpt2"]
-    groups = split.sage_param_groups([(n, None) for n in names], select=lambda n: ".0." in n,
-                                     on_no_sage="raise")
+    groups = split.sage_param_groups([(n, None) for n in names], on_no_sage="raise",
+                                     sage_select=lambda n: ".0." in n,
+                                     no_decay_select=lambda n: n.startswith("w"))
     assert {n for g in groups if g["sage"] for n, _ in g["params"]} == {
         n for n in names if ".0." in n}
-    with pytest.raises(ValueError, match="the select function selects none.*'gpt2' \\(5\\)"):
-        split.sage_param_groups([(n, None) for n in names], select=lambda n: False,
+    assert {n for g in groups if g["weight_decay"] == 0 for n, _ in g["params"]} == {
+        "wte.weight", "wpe.weight"}
+    with pytest.raises(ValueError, match="the sage_select function selects none.*'gpt2' \\(5\\)"):
+        split.sage_param_groups([(n, None) for n in names], sage_select=lambda n: False,
                                 on_no_sage="raise")

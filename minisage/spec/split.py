@@ -122,7 +122,8 @@ def sage_param_groups(named_parameters: Iterable[tuple[str, Any]], *,
                       no_decay_patterns: Sequence[str] = DEFAULT_NO_DECAY_PATTERNS,
                       weight_decay: float = 0.01,
                       include: Callable[[Any], bool] | None = None,
-                      select: Callable[[str], bool] | None = None,
+                      sage_select: Callable[[str], bool] | None = None,
+                      no_decay_select: Callable[[str], bool] | None = None,
                       on_no_sage: str | None = None,
                       **hparams: Any) -> list[dict[str, Any]]:
     """The official split of ``named_parameters`` into param groups.
@@ -134,8 +135,9 @@ def sage_param_groups(named_parameters: Iterable[tuple[str, Any]], *,
     order (plain+decay, SAGE+decay, plain+no decay, SAGE+no decay), empty ones left out, each with
     ``(name, parameter)`` pairs as ``params`` and ``hparams`` (e.g. ``lr``) copied in.
     ``include(parameter)``, if given, decides which parameters take part at all (the torch
-    backend leaves out those with ``requires_grad=False``). ``select(name)``, if given, replaces
-    the patterns: it decides which names get SAGE (the torch backend selects by module type).
+    backend leaves out those with ``requires_grad=False``). ``sage_select(name)`` and
+    ``no_decay_select(name)``, if given, replace the patterns: they decide which names get SAGE
+    and which get no decay (the torch backend selects by module type).
     ``on_no_sage`` (``"warn"``, ``"raise"``, ``"ignore"``; None: no check, for a plain preset):
     what to do when no parameter is selected (:func:`check_sage_selection`).
 
@@ -149,11 +151,13 @@ def sage_param_groups(named_parameters: Iterable[tuple[str, Any]], *,
     for name, p in named_parameters:
         if include is None or include(p):
             sage, decay = official_group(name, sage_patterns, no_decay_patterns)
-            if select is not None:
-                sage = bool(select(name))
+            if sage_select is not None:
+                sage = bool(sage_select(name))
+            if no_decay_select is not None:
+                decay = not no_decay_select(name)
             buckets[(sage, decay)].append((name, p))
     if on_no_sage is not None:
-        selector = ("the select function" if select is not None
+        selector = ("the sage_select function" if sage_select is not None
                     else f"sage_patterns {sage_patterns!r}")
         check_sage_selection([n for b in buckets.values() for n, _ in b],
                              [n for (sage, _), b in buckets.items() if sage for n, _ in b],
