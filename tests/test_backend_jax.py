@@ -133,10 +133,16 @@ def test_float32_without_x64():
 
 
 def test_cli_and_device_errors(capsys):
-    argv = ["crosscheck", "--backend", "jax", "--dtype", "float32", "--preset", "adamax-sage"]
-    assert main(argv) == 0
-    rows = [line.split() for line in capsys.readouterr().out.splitlines() if "float32" in line]
-    assert [r[0] for r in rows] == ["adamax_sage"] and rows[0][-1] == "ok"
+    """crosscheck in float32 (one preset) and in the bfloat16 mode (the float32 golden cases
+    with bfloat16 parameters, judged by minisage.testing.check_case_half; the SAGE presets) passes;
+    cuda without a GPU is a one-line error; bad hyperparameters are refused."""
+    for dtype, presets in (("float32", ["adamax-sage"]),
+                           ("bfloat16", ["adamw-sage", "adamax-sage", "adam-sage"])):
+        argv = ["crosscheck", "--backend", "jax", "--dtype", dtype]
+        assert main(argv + [x for p in presets for x in ("--preset", p)]) == 0
+        rows = [cells for cells in map(str.split, capsys.readouterr().out.splitlines())
+                if len(cells) == 7 and cells[2] == dtype]
+        assert [r[1] for r in rows] == presets and all(r[-1] == "ok" for r in rows)
     if not any(d.platform == "gpu" for d in jax.devices()):
         assert main(["crosscheck", "--backend", "jax", "--device", "cuda"]) == 2
         err = capsys.readouterr().err.strip()
