@@ -22,6 +22,7 @@ import jax.numpy as jnp  # noqa: E402
 from minisage import spec, testing  # noqa: E402
 from minisage.backends import jax as bj  # noqa: E402
 from minisage.cli import main  # noqa: E402
+from minisage.spec import split  # noqa: E402
 
 FUNCTIONS = bj.golden_step_functions("cpu")
 
@@ -344,3 +345,101 @@ def test_drawn_cases(preset):
     fn = {p: f for _, p, f in FUNCTIONS}[preset]
 
     check()
+
+
+def _tree(names: list[str]) -> dict:
+    """A nested dict with a leaf (a 1-entry array) at each dotted name."""
+    root: dict = {}
+    for name in names:
+        *path, last = name.split(".")
+        node = root
+        for key in path:
+            node = node.setdefault(key, {})
+        node[last] = np.zeros(1)
+    return root
+
+
+# Parameter names of one block of flax models, written out from the modules' sources: flax.linen's
+# MultiHeadDotProductAttention (Dense layers query, key, value, out) and MlpBlock as in flax's
+# examples, auto-named and named; transformers' Flax BERT, DistilBERT, GPT-2, LLaMA and ViT
+# (transformers 4.x; Flax was removed in 5.x). Each family: (all names, the names that get SAGE).
+_LINEN = "params.layers_0."
+FLAX_NAMES = {
+    "flax": (["params.Embed_0.embedding", f"{_LINEN}LayerNorm_0.scale",
+              f"{_LINEN}LayerNorm_0.bias", "params.head.kernel", "params.head.bias"],
+             [f"{_LINEN}MultiHeadDotProductAttention_0.{d}.{w}"
+              for d in ("query", "key", "value", "out") for w in ("kernel", "bias")]
+             + [f"{_LINEN}MlpBlock_0.Dense_{i}.{w}" for i in (0, 1) for w in ("kernel", "bias")]
+             + [f"params.layers_1.attention.{d}.kernel" for d in ("query", "key", "value", "out")]
+             + ["params.layers_1.mlp.Dense_0.kernel", "params.layers_1.mlp.Dense_1.kernel"]),
+    "bert": (["bert.embeddings.word_embeddings.embedding", "bert.embeddings.LayerNorm.scale",
+              "bert.encoder.layer.0.attention.output.LayerNorm.scale",
+              "bert.encoder.layer.0.output.LayerNorm.bias", "bert.pooler.dense.kernel"],
+             [f"bert.encoder.layer.0.{m}.kernel" for m in (
+                 "attention.self.query", "attention.self.key", "attention.self.value",
+                 "attention.output.dense", "intermediate.dense", "output.dense")]),
+    "distilbert": (["distilbert.embeddings.word_embeddings.embedding",
+                    "distilbert.transformer.layer.0.sa_layer_norm.scale",
+                    "distilbert.transformer.layer.0.output_layer_norm.bias"],
+                   [f"distilbert.transformer.layer.0.{m}.kernel" for m in (
+                       "attention.q_lin", "attention.k_lin", "attention.v_lin",
+                       "attention.out_lin", "ffn.lin1", "ffn.lin2")]),
+    "gpt2": (["transformer.wte.embedding", "transformer.wpe.embedding",
+              "transformer.h.0.ln_1.scale", "transformer.ln_f.bias"],
+             [f"transformer.h.0.{m}.{w}" for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc",
+                                                   "mlp.c_proj") for w in ("kernel", "bias")]),
+    "llama": (["model.embed_tokens.embedding", "model.layers.0.input_layernorm.weight",
+               "model.norm.weight", "lm_head.kernel"],
+              [f"model.layers.0.{m}.kernel" for m in (
+                  "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]),
+    # Flax ViT names its query/key/value attention.attention.*: "bert" alone misses them
+    "all": (["vit.embeddings.cls_token", "vit.encoder.layer.0.layernorm_before.scale",
+             "vit.layernorm.bias", "classifier.kernel"],
+            [f"vit.encoder.layer.0.{m}.kernel" for m in (
+                "attention.attention.query", "attention.attention.key",
+                "attention.attention.value", "attention.output.dense", "intermediate.dense",
+                "output.dense")]),
+}
+
+
+@pytest.mark.parametrize("family", list(FLAX_NAMES))
+def test_pattern_sets_select_attention_and_feed_forward_of_flax_models(family):
+    """sage_labels with a named pattern set gives SAGE to exactly the attention and feed-forward
+    leaves of a flax params tree (dotted paths), with no warning; the decay split of the
+    flax.linen block: kernels and embeddings decay, biases and LayerNorms do not."""
+    plain, sage = FLAX_NAMES[family]
+    tree = _tree(plain + sage)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        labels = bj.sage_labels(tree, sage_patterns=family, on_no_sage="raise")
+    names, got = jax.tree.leaves(bj.labels.leaf_names(tree)), jax.tree.leaves(labels)
+    assert sorted(n for n, label in zip(names, got) if label.startswith("sage/")) == sorted(sage)
+    if family == "flax":
+        decay = {n: label.endswith("/decay") for n, label in zip(names, got)}
+        assert {n for n, d in decay.items() if d} == {
+            n for n in names if n.endswith(("kernel", "embedding"))}
+    if family == "all":  # the official (BERT) set gives Flax ViT's attention.output and FFN only
+        bert = bj.sage_labels(tree)
+        assert sum(label.startswith("sage/") for label in jax.tree.leaves(bert)) == 3
+
+
+def test_a_split_that_selects_nothing_warns_or_refuses():
+    """flax.linen names under the official (BERT) patterns select nothing: sage_labels and
+    official_sage warn, naming the patterns, a few parameter names and the set that fits (so an
+    adamw_sage run can no longer silently equal bert-adamw); on_no_sage="raise" refuses, and a
+    sage_select function replaces the patterns."""
+    plain, sage = FLAX_NAMES["flax"]
+    tree = _tree(plain + sage)
+    with pytest.warns(split.NoSageWarning) as record:
+        labels = bj.sage_labels(tree)
+    message = str(record[0].message)
+    assert "sage_patterns ('attention.self'" in message and "'params.Embed_0.embedding'" in message
+    assert f"'flax' ({len(sage)})" in message
+    assert not any(label.startswith("sage/") for label in jax.tree.leaves(labels))
+    with pytest.warns(split.NoSageWarning):
+        bj.official_sage(bj.adamw_sage, tree, lr=1e-3)
+    with pytest.raises(ValueError, match="selects none of the"):
+        bj.official_sage(bj.adamw_sage, tree, lr=1e-3, on_no_sage="raise")
+    labels = bj.sage_labels(tree, sage_select=lambda name: "Dense_0" in name, on_no_sage="raise")
+    assert sum(label.startswith("sage/") for label in jax.tree.leaves(labels)) == 3

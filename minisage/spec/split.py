@@ -47,6 +47,14 @@ SAGE_PATTERN_SETS: dict[str, tuple[str, ...]] = {
     # layers.N.mlp.{gate,up,down}_proj
     "llama": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+    # flax.linen / flax.nnx building blocks, by their dotted pytree paths: the attention's
+    # {query,key,value,out} Denses under an auto-named MultiHeadDotProductAttention_N (also
+    # MultiHeadAttention_N, SelfAttention_N) or a module named attention/attn (e.g.
+    # layers_0.attention.query.kernel); MLPs auto-named MlpBlock_N/Mlp_N/MLP_N, or mlp.Dense_N.
+    # (transformers' Flax models keep their torch module names: the sets above match them)
+    "flax": ("Attention_", "attention.query.", "attention.key.", "attention.value.",
+             "attention.out.", "attn.query.", "attn.key.", "attn.value.", "attn.out.",
+             "MlpBlock_", "MLPBlock_", "Mlp_", "MLP_", "mlp.Dense_"),
 }
 
 #: What a SAGE optimizer does when its split selects no parameter: see check_sage_selection.
