@@ -9,15 +9,18 @@ Needs the ``jax`` extra (``pip install "minisage[jax]"``: jax and optax)::
 
 The equations are in each spec rule's docstring (``help(minisage.spec.rule_class(preset))``) and in
 docs/spec.md sections 2 to 4. Modules: :mod:`~minisage.backends.jax.optimizers` (the
-transformations, their states, x64, schedules, :func:`sage_labels`, :func:`official_sage`),
-:mod:`~minisage.backends.jax.golden` (the step functions ``minisage crosscheck`` runs),
-:mod:`~minisage.backends.jax.devices`.
+transformations, their states, dtypes, x64, schedules), :mod:`~minisage.backends.jax.hparams`
+(hyperparameters: numbers, schedules, traced values under ``optax.inject_hyperparams``),
+:mod:`~minisage.backends.jax.labels` (:func:`sage_labels`, :func:`official_sage`: the official
+split by parameter names), :mod:`~minisage.backends.jax.golden` (the step functions ``minisage
+crosscheck`` runs), :mod:`~minisage.backends.jax.devices`.
 """
 
 from __future__ import annotations
 
 from minisage.backends.jax.devices import resolve_device
 from minisage.backends.jax.golden import golden_step_functions
+from minisage.backends.jax.labels import official_sage, sage_labels
 from minisage.backends.jax.optimizers import (
     AdamSAGEState,
     BertAdamaxState,
@@ -26,8 +29,6 @@ from minisage.backends.jax.optimizers import (
     adam_sage,
     adamax_sage,
     adamw_sage,
-    official_sage,
-    sage_labels,
     scale_by_sage,
 )
 

@@ -17,14 +17,16 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def resolve_dtype(dtype: str | torch.dtype | np.dtype) -> torch.dtype:
-    """``"float32"``, ``"float64"`` (or a torch/NumPy float dtype) as a torch dtype."""
-    table = {"float32": torch.float32, "float64": torch.float64}
+def resolve_dtype(dtype: str | torch.dtype | np.dtype, *, half: bool = False) -> torch.dtype:
+    """``"float32"``, ``"float64"`` (or a torch/NumPy float dtype) as a torch dtype; with
+    ``half=True`` only ``"bfloat16"`` and ``"float16"``."""
+    names = ("bfloat16", "float16") if half else ("float32", "float64")
+    table = {name: getattr(torch, name) for name in names}
     if isinstance(dtype, torch.dtype):
         if dtype in table.values():
             return dtype
     else:
-        name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+        name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
         if name in table:
             return table[name]
-    raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    raise ValueError(f"dtype must be {' or '.join(names)}, got {dtype!r}")
