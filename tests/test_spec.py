@@ -3,11 +3,9 @@ schedules, clipping and bad input. Needs no torch."""
 
 from __future__ import annotations
 
-import ast
 import inspect
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -739,20 +737,3 @@ def test_global_norm_clipping():
     assert ua is a and ub is b
     with pytest.raises(ValueError, match=r"max_norm must be in \(0, inf\)"):
         spec.clip_global_norm([a], 0.0)
-
-
-def test_spec_imports_numpy_only():
-    folder = Path(spec.__file__).parent
-    for path in folder.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            else:
-                continue
-            for name in names:
-                top = name.split(".")[0]
-                assert top in {"numpy", "math", "numbers", "collections", "typing",
-                               "__future__"} or name.startswith("minisage.spec"), \
-                    f"{path.name} imports {name}"
