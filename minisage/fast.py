@@ -46,11 +46,13 @@ def _unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return unbroadcast(grad, shape)
 
 
-def _sum_last(a: np.ndarray) -> np.ndarray:
-    """``a.sum(axis=-1, keepdims=True)`` as one matrix-vector product (BLAS: several times faster
-    than NumPy's row-wise reduction over short rows)."""
+def _sum_last(a: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """``(a * weights).sum(axis=-1, keepdims=True)`` (``weights`` (D,), default ones) as one
+    matrix-vector product (BLAS: several times faster than NumPy's row-wise reduction over short
+    rows, and no product array)."""
     rows = np.ascontiguousarray(a).reshape(-1, a.shape[-1])
-    return (rows @ np.ones(a.shape[-1], a.dtype)).reshape(*a.shape[:-1], 1)
+    weights = np.ones(a.shape[-1], a.dtype) if weights is None else weights
+    return (rows @ weights).reshape(*a.shape[:-1], 1)
 
 
 # ----- linear layers ---------------------------------------------------------------------------
@@ -133,66 +135,63 @@ def _causal_mask(t: int, s: int, dtype: np.dtype) -> np.ndarray:
     return mask
 
 
-def _scores(q: np.ndarray, k: np.ndarray, scale, causal: bool) -> np.ndarray:
-    """q k^T * scale (..., T, S), -inf above the diagonal if ``causal``."""
+def _scores(q: np.ndarray, k: np.ndarray, causal: bool) -> np.ndarray:
+    """q k^T (..., T, S) for q already scaled by 1/sqrt(d); -inf above the diagonal if
+    ``causal`` (query i sees keys j <= i)."""
     w = q @ np.swapaxes(k, -1, -2)
-    w *= scale
-    if causal:  # query i sees keys j <= i
+    if causal:
         w += _causal_mask(*w.shape[-2:], w.dtype)
     return w
 
 
-def _softmax_in_place(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _softmax_in_place(w: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
     """softmax over the last axis, in place; returns (shift, total) with which
-    ``exp(scores - shift) / total`` recomputes it. Softmax may shift a row by any number: its
-    diagonal score is cheap (NumPy's row maximum over short rows is slow) and keeps the row's sum
-    >= 1; the row maximum is used as well where exp would overflow (a score 80 above it)."""
+    ``exp(scores - shift) / total`` recomputes it. Softmax may shift a row by any number, and by
+    none where exp can neither overflow nor lose a whole row: every score <= 80 and each row's
+    diagonal score (always visible) >= -80. Elsewhere (and without a diagonal) the row maximum,
+    as the reference (NumPy's row maximum over short rows is slow)."""
+    shift = None
     square = w.shape[-2] == w.shape[-1]
-    shift = 0
-    if square:
-        shift = np.diagonal(w, axis1=-2, axis2=-1)[..., None].copy()  # (..., T, 1)
+    if not (square and w.max() <= 80 and np.diagonal(w, axis1=-2, axis2=-1).min() >= -80):
+        shift = w.max(axis=-1, keepdims=True)  # (..., T, 1)
         w -= shift
-    if not square or w.max() > 80:
-        peak = w.max(axis=-1, keepdims=True)
-        w -= peak
-        shift = shift + peak
     np.exp(w, out=w)
-    total = _sum_last(w)
+    total = _sum_last(w)  # (..., T, 1)
     w /= total
     return shift, total
 
 
 def _attention_forward(q, k, v, causal: bool, out: np.ndarray | None = None):
-    """softmax(q k^T / sqrt(d)) v into ``out`` (new if None), and ``weights()``: the softmax
-    weights for the VJP, kept when they take no more memory than q, k and v (S <= 3 d), else
-    recomputed from q, k and each row's shift and sum (memory grows as T d, not T S)."""
-    scale = q.dtype.type(1 / math.sqrt(q.shape[-1]))
-    w = _scores(q, k, scale, causal)  # (..., T, S), then the weights in place
+    """softmax(q k^T) v for q already scaled by 1/sqrt(d), into ``out`` (new if None), and
+    ``weights()``: the softmax weights for the VJP, kept when they take no more memory than q, k
+    and v (S <= 3 d), else recomputed from q, k and each row's shift and sum (memory grows as
+    T d, not T S)."""
+    w = _scores(q, k, causal)  # (..., T, S), then the weights in place
     shift, total = _softmax_in_place(w)
     out = np.matmul(w, v, out=out)  # (..., T, e)
     if w.shape[-1] <= 3 * q.shape[-1]:
-        return out, scale, lambda: w
+        return out, lambda: w
 
     def weights():  # exp(scores - shift) / total, as above
-        again = _scores(q, k, scale, causal)
-        again -= shift
+        again = _scores(q, k, causal)
+        if shift is not None:
+            again -= shift
         np.exp(again, out=again)
         again /= total
         return again
 
-    return out, scale, weights
+    return out, weights
 
 
-def _attention_vjp(g, q, k, v, w, scale, out_q=None, out_k=None, out_v=None):
-    """dL/dq, dL/dk, dL/dv of softmax(q k^T * scale) v (weights w) for g (..., T, e), written into
-    the ``out_*`` arrays where given: weights dW = G V^T; softmax dS = W * (dW - sum(dW * W)); the
-    scale; then the three products."""
-    gw = g @ np.swapaxes(v, -1, -2)  # (..., T, S)
+def _attention_vjp(g, q, k, v, w, out_q=None, out_k=None, out_v=None):
+    """dL/dq, dL/dk, dL/dv of softmax(q k^T) v (weights w, q already scaled) for g (..., T, e),
+    written into the ``out_*`` arrays where given: weights dW = G V^T; softmax
+    dS = W * (dW - sum(dW * W)); then the three products."""
+    gw = g @ np.swapaxes(v, -1, -2)  # (..., T, S), then dS in place
     grad_v = np.matmul(np.swapaxes(w, -1, -2), g, out=out_v)
-    gs = gw - _sum_last(gw * w)
-    gs *= w
-    gs *= scale
-    return (np.matmul(gs, k, out=out_q), np.matmul(np.swapaxes(gs, -1, -2), q, out=out_k),
+    gw -= _sum_last(gw * w)
+    gw *= w
+    return (np.matmul(gw, k, out=out_q), np.matmul(np.swapaxes(gw, -1, -2), q, out=out_k),
             grad_v)
 
 
@@ -202,17 +201,21 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, dropout_p: 
     reference itself: dropout needs the weights as a node of the graph).
 
     Fused: scores, mask, softmax and the product in place, without the composition's graph and
-    copies; the weights are kept for the VJP only while they are small (see
-    :func:`_attention_forward`). Row sums are BLAS products.
+    copies; the scale 1/sqrt(d) on q (smaller than the scores); the weights kept for the VJP only
+    while they are small (see :func:`_attention_forward`). Row sums are BLAS products.
     """
     if (training and dropout_p) or not 0 <= dropout_p < 1:  # the reference (and its p check)
         return F.attention(q, k, v, causal, dropout_p, training, rng)
     q, k, v = _tensor(q), _tensor(k), _tensor(v)
-    out, scale, weights = _attention_forward(q.data, k.data, v.data, causal)
+    scale = q.dtype.type(1 / math.sqrt(q.shape[-1]))
+    q_scaled = q.data * scale
+    out, weights = _attention_forward(q_scaled, k.data, v.data, causal)
 
     def vjp(g):
-        grads = _attention_vjp(g, q.data, k.data, v.data, weights(), scale)
-        return tuple(_unbroadcast(grad, t.shape) for grad, t in zip(grads, (q, k, v)))
+        grad_q, grad_k, grad_v = _attention_vjp(g, q_scaled, k.data, v.data, weights())
+        grad_q *= scale
+        return tuple(_unbroadcast(grad, t.shape)
+                     for grad, t in zip((grad_q, grad_k, grad_v), (q, k, v)))
 
     return Tensor.make(out, (q, k, v), vjp)
 
@@ -241,31 +244,35 @@ def self_attention(x: Tensor, query: tuple, key: tuple, value: tuple, n_heads: i
             b is not None and b.shape != (D,) for b in biases):
         raise ValueError(f"self_attention: weights must be ({D}, {D}) and biases ({D},) for "
                          f"input {x.shape}")
+    # the scale 1/sqrt(D/H) of the scores on the query's weight and bias: q comes out scaled
+    scale = x.dtype.type(1 / math.sqrt(D // H))
     rows = x.data.reshape(-1, D)  # (N, D)
-    stacked = np.concatenate(weights)  # (3D, D): [Wq; Wk; Wv]
+    stacked = np.concatenate(weights)  # (3D, D): [scale Wq; Wk; Wv]
+    stacked[:D] *= scale
     qkv = rows @ stacked.T  # (N, 3D)
     for i, b in enumerate(biases):
         if b is not None:
-            qkv[:, i * D:(i + 1) * D] += b.data
-    # (B, T, 3, H, D/H) -> q, k, v, each (B, H, T, D/H)
+            qkv[:, i * D:(i + 1) * D] += b.data * scale if i == 0 else b.data
+    # (B, T, 3, H, D/H) -> q (scaled), k, v, each (B, H, T, D/H)
     q, k, v = qkv.reshape(B, T, 3, H, D // H).transpose(2, 0, 3, 1, 4)
     out = np.empty((B, T, H, D // H), x.dtype)
-    _, scale, attention_weights = _attention_forward(q, k, v, causal,
-                                                     out=out.transpose(0, 2, 1, 3))
+    _, attention_weights = _attention_forward(q, k, v, causal, out=out.transpose(0, 2, 1, 3))
 
     def vjp(g):
         g = g.reshape(B, T, H, D // H).transpose(0, 2, 1, 3)  # (B, H, T, D/H)
         grad_qkv = np.empty((B, T, 3, H, D // H), x.dtype)
         gq, gk, gv = grad_qkv.transpose(2, 0, 3, 1, 4)
-        _attention_vjp(g, q, k, v, attention_weights(), scale, gq, gk, gv)
-        grad_qkv = grad_qkv.reshape(-1, 3 * D)  # (N, 3D)
+        _attention_vjp(g, q, k, v, attention_weights(), gq, gk, gv)
+        grad_qkv = grad_qkv.reshape(-1, 3 * D)  # (N, 3D); the query's part by scaled q
         grad_x = (grad_qkv @ stacked).reshape(x.shape) if x.requires_grad else None
         grad_w = grad_qkv.T @ rows  # (3D, D)
+        grad_w[:D] *= scale  # d scaled q / d (Wq, bq) = scale
         grads = []
         for i, b in enumerate(biases):
             grads.append(grad_w[i * D:(i + 1) * D])
             if b is not None:
-                grads.append(_unbroadcast(grad_qkv[:, i * D:(i + 1) * D], b.shape))
+                grad_b = _unbroadcast(grad_qkv[:, i * D:(i + 1) * D], b.shape)
+                grads.append(grad_b * scale if i == 0 else grad_b)
         return (grad_x, *grads)
 
     parents = (x, *(p for p in params if p is not None))
@@ -277,8 +284,10 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     """:func:`minisage.functional.layer_norm` as one primitive: the normalization in place, its
     VJP in closed form (instead of one node per operation), row sums and the weight's and bias's
     gradients as BLAS products. It keeps each row's mean and 1/std, and recomputes the normalized
-    input from x in the VJP."""
+    input from x in the VJP. A weight or bias of another shape than (D,): the reference."""
     x = _tensor(x)
+    if any(p is not None and _tensor(p).shape != x.shape[-1:] for p in (weight, bias)):
+        return F.layer_norm(x, weight, bias, eps)
     n = x.dtype.type(x.shape[-1])
     mean = _sum_last(x.data) / n  # (..., 1)
     xhat = x.data - mean  # centered, then normalized in place (..., D)
@@ -291,16 +300,18 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     parents = tuple(p for p in (x, weight, bias) if p is not None)
 
     def vjp(g):
-        xhat = x.data - mean
+        xhat = x.data - mean  # recomputed (..., D)
         xhat *= rstd
-        gxhat = g if w is None else g * w
-        # dx = rstd * (gxhat - mean(gxhat) - xhat * mean(gxhat * xhat))
-        grad_x = gxhat - _sum_last(gxhat) / n
-        grad_x -= xhat * (_sum_last(gxhat * xhat) / n)
+        g_xhat = g * xhat
+        # dx = rstd * (g w - mean(g w) - xhat * mean(g w xhat)): the row means as products with w
+        grad_x = g.copy() if w is None else g * w
+        grad_x -= _sum_last(g, w) / n
+        xhat *= _sum_last(g_xhat, w) / n
+        grad_x -= xhat
         grad_x *= rstd
         grads = [grad_x]
         if weight is not None:
-            grads.append(_unbroadcast(g * xhat, weight.shape))
+            grads.append(_unbroadcast(g_xhat, weight.shape))
         if bias is not None:
             grads.append(_unbroadcast(g, bias.shape))
         return tuple(grads)
@@ -312,47 +323,53 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 # float32 Phi by Abramowitz & Stegun 7.1.26 (as torch's float32 CPU kernel): for y >= 0,
 # erfc(y) = t (a1 + t (a2 + t (a3 + t (a4 + t a5)))) exp(-y^2), t = 1 / (1 + p y), |error| < 1.5e-7
 _AS = (0.3275911, 0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
-#: GELU's ~25 elementwise passes run over blocks of this many entries, each block in the cache
+#: GELU's ~25 elementwise passes run over blocks of this many entries, each pass in place on
+#: scratch arrays of one block: in the cache, and below malloc's mmap threshold (128 KiB)
 GELU_BLOCK = 1 << 14
 
 
-def _normal_cdf32(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(Phi(z), exp(-z^2 / 2)) of a 1-D float32 array, in ~20 NumPy passes (scipy's erf: 10x)."""
+def _normal_cdf32_into(z: np.ndarray, cdf: np.ndarray, e: np.ndarray, t: np.ndarray) -> None:
+    """cdf = Phi(z) and e = exp(-z^2 / 2) of a 1-D float32 array, in ~20 in-place NumPy passes
+    (scipy's float32 ndtr: 10x slower); ``t`` is scratch. All four arrays have one shape."""
     f, (p, *a) = z.dtype.type, _AS
-    e = np.exp(z * (z * f(-0.5)))  # exp(-y^2) at y = |z| / sqrt 2
-    t = np.abs(z) * f(p / math.sqrt(2))
+    np.multiply(z, f(-0.5), out=e)  # exp(-y^2) at y = |z| / sqrt 2
+    e *= z
+    np.exp(e, out=e)
+    np.abs(z, out=t)  # t = 1 / (1 + p y)
+    t *= f(p / math.sqrt(2))
     t += f(1)
     np.divide(f(1), t, out=t)
-    tail = t * f(a[4] / 2)  # Phi(-|z|) = erfc(y) / 2, by Horner
+    np.multiply(t, f(a[4] / 2), out=cdf)  # Phi(-|z|) = erfc(y) / 2, by Horner
     for c in reversed(a[:4]):
-        tail += f(c / 2)
-        tail *= t
-    tail *= e
-    cdf = np.greater(z, 0).astype(z.dtype)  # Phi(z) = |[z > 0] - Phi(-|z|)|
-    cdf -= tail
-    return np.abs(cdf, out=cdf), e
-
-
-def _normal_cdf(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(Phi(z), exp(-z^2 / 2)) of a 1-D array: A&S for float32, scipy's ndtr otherwise."""
-    if z.dtype == np.float32:
-        return _normal_cdf32(z)
-    return ndtr(z), np.exp(-0.5 * z * z)
+        cdf += f(c / 2)
+        cdf *= t
+    cdf *= e
+    # Phi(z) = |[z > 0] - Phi(-|z|)|   (branch-free: np.where over random signs is ~50x slower)
+    np.greater(z, 0, out=t, casting="unsafe")
+    np.subtract(t, cdf, out=cdf)
+    np.abs(cdf, out=cdf)
 
 
 def _gelu_into(z: np.ndarray, y: np.ndarray, slope: np.ndarray) -> None:
     """y = z Phi(z) and slope = d y / dz = Phi(z) + z phi(z) of the 1-D array z, block by block
-    (``slope`` may be z itself: each block of z is read before its slope is written)."""
+    (``slope`` may be z itself: each block of z is read before its slope is written). float32:
+    Phi by A&S 7.1.26; float64: scipy's ndtr."""
     c = z.dtype.type(1 / math.sqrt(2 * math.pi))
+    cdf, e, t = (np.empty(min(z.size, GELU_BLOCK), z.dtype) for _ in range(3))  # scratch
     for a in range(0, z.size, GELU_BLOCK):
         zb = z[a:a + GELU_BLOCK]
-        cdf, e = _normal_cdf(zb)
-        np.multiply(zb, cdf, out=y[a:a + GELU_BLOCK])
+        cdf_b, e_b = cdf[:zb.size], e[:zb.size]
+        if z.dtype == np.float32:
+            _normal_cdf32_into(zb, cdf_b, e_b, t[:zb.size])
+        else:  # the reference's ndtr and exp(-0.5 z z)
+            ndtr(zb, out=cdf_b)
+            np.exp(np.multiply(np.multiply(-0.5, zb, out=e_b), zb, out=e_b), out=e_b)
+        np.multiply(zb, cdf_b, out=y[a:a + GELU_BLOCK])
         # slope = Phi(z) + z phi(z), phi(z) = exp(-z^2 / 2) / sqrt(2 pi)   (nan at z = +-inf)
-        e *= c
+        e_b *= c
         with np.errstate(invalid="ignore"):
-            e *= zb
-        np.add(cdf, e, out=slope[a:a + GELU_BLOCK])
+            e_b *= zb
+        np.add(cdf_b, e_b, out=slope[a:a + GELU_BLOCK])
 
 
 def gelu(x: Tensor, approximate: str = "none") -> Tensor:
