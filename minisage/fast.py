@@ -135,64 +135,114 @@ def _causal_mask(t: int, s: int, dtype: np.dtype) -> np.ndarray:
     return mask
 
 
-def _scores(q: np.ndarray, k: np.ndarray, causal: bool) -> np.ndarray:
-    """q k^T (..., T, S) for q already scaled by 1/sqrt(d); -inf above the diagonal if
-    ``causal`` (query i sees keys j <= i)."""
-    w = q @ np.swapaxes(k, -1, -2)
-    if causal:
-        w += _causal_mask(*w.shape[-2:], w.dtype)
-    return w
+#: causal exp: the rows in this many blocks, each computed up to its last visible column
+CAUSAL_BLOCKS = 8
 
 
-def _softmax_in_place(w: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-    """softmax over the last axis, in place; returns (shift, total) with which
-    ``exp(scores - shift) / total`` recomputes it. Softmax may shift a row by any number, and by
-    none where exp can neither overflow nor lose a whole row: every score <= 80 and each row's
-    diagonal score (always visible) >= -80. Elsewhere (and without a diagonal) the row maximum,
-    as the reference (NumPy's row maximum over short rows is slow)."""
+def _exp_in_place(w: np.ndarray, causal: bool) -> None:
+    """w = exp(w) over the last two axes (..., T, S). ``causal``: -inf above the diagonal, so
+    exp is computed block of rows by block of rows up to the block's last visible column, and
+    the rest set to 0: (B+1)/2B of the entries (56% for 8 blocks) instead of all (exp is the
+    step's most expensive elementwise pass)."""
+    if not causal:
+        np.exp(w, out=w)
+        return
+    T = w.shape[-2]
+    step = -(-T // CAUSAL_BLOCKS)
+    for r0 in range(0, T, step):
+        r1 = min(r0 + step, T)
+        visible = w[..., r0:r1, :r1]
+        np.exp(visible, out=visible)
+        w[..., r0:r1, r1:] = 0
+
+
+def _softmax_in_place(w: np.ndarray, causal: bool) -> tuple[np.ndarray | None, np.ndarray]:
+    """softmax over the last axis (-inf above the diagonal if ``causal``), in place; returns
+    (shift, total) with which ``exp(scores - shift) / total`` recomputes it. Softmax may shift a
+    row by any number, and by none where exp can neither overflow nor lose a whole row: every
+    score <= 80 and each row's diagonal score (always visible) >= -80. Elsewhere (and without a
+    diagonal) the row maximum, as the reference (NumPy's row maximum over short rows is slow)."""
     shift = None
     square = w.shape[-2] == w.shape[-1]
     if not (square and w.max() <= 80 and np.diagonal(w, axis1=-2, axis2=-1).min() >= -80):
         shift = w.max(axis=-1, keepdims=True)  # (..., T, 1)
         w -= shift
-    np.exp(w, out=w)
+    _exp_in_place(w, causal)
     total = _sum_last(w)  # (..., T, 1)
     w /= total
     return shift, total
 
 
-def _attention_forward(q, k, v, causal: bool, out: np.ndarray | None = None):
-    """softmax(q k^T) v for q already scaled by 1/sqrt(d), into ``out`` (new if None), and
-    ``weights()``: the softmax weights for the VJP, kept when they take no more memory than q, k
-    and v (S <= 3 d), else recomputed from q, k and each row's shift and sum (memory grows as
-    T d, not T S)."""
-    w = _scores(q, k, causal)  # (..., T, S), then the weights in place
-    shift, total = _softmax_in_place(w)
-    out = np.matmul(w, v, out=out)  # (..., T, e)
-    if w.shape[-1] <= 3 * q.shape[-1]:
-        return out, lambda: w
+#: attention runs over chunks of its (batch, head) matrices holding about this many bytes of
+#: weights each, so that each chunk's scores, softmax and gradients stay in the cache
+ATTENTION_CHUNK_BYTES = 1 << 18
 
-    def weights():  # exp(scores - shift) / total, as above
-        again = _scores(q, k, causal)
+
+def _chunks(lead: tuple[int, ...], item_bytes: int) -> list[tuple]:
+    """Index tuples over leading axes of shape ``lead`` that together cover them, each selecting
+    about ATTENTION_CHUNK_BYTES of items (matrices) of ``item_bytes`` each."""
+    if not lead:
+        return [()]
+    per_chunk = max(1, ATTENTION_CHUNK_BYTES // item_bytes)  # items
+    inner = math.prod(lead[1:])  # items per index of the first axis
+    if per_chunk >= inner:
+        step = per_chunk // inner
+        return [(slice(i, i + step),) for i in range(0, lead[0], step)]
+    return [(i, *rest) for i in range(lead[0]) for rest in _chunks(lead[1:], item_bytes)]
+
+
+class _Attention:
+    """softmax(q k^T) v for q (..., T, d) already scaled by 1/sqrt(d), k (..., S, d), v (..., S, e)
+    of one leading shape, chunk by chunk (:func:`_chunks`). It keeps the softmax weights for the
+    VJP when they take no more memory than q, k and v (S <= 3 d); else each chunk's row shifts and
+    sums, from which the VJP recomputes them (memory grows as T d, not T S)."""
+
+    def __init__(self, q, k, v, causal: bool, out: np.ndarray) -> None:
+        self.q, self.k, self.v, self.causal = q, k, v, causal
+        T, S = q.shape[-2], k.shape[-2]
+        self.chunks = _chunks(q.shape[:-2], T * S * q.itemsize)
+        keep = S <= 3 * q.shape[-1]
+        self.kept = np.empty((*q.shape[:-1], S), q.dtype) if keep else None
+        self.saved = []  # (shift, total) per chunk, when the weights are not kept
+        for index in self.chunks:
+            w = self._scores(index)  # (..., T, S), then the weights in place
+            shift, total = _softmax_in_place(w, causal)
+            np.matmul(w, v[index], out=out[index])  # (..., T, e)
+            if not keep:
+                self.saved.append((shift, total))
+
+    def _scores(self, index) -> np.ndarray:
+        """q k^T of a chunk, -inf above the diagonal if causal (into the kept weights)."""
+        q, k = self.q[index], self.k[index]
+        w = np.matmul(q, np.swapaxes(k, -1, -2),
+                      out=None if self.kept is None else self.kept[index])
+        if self.causal:
+            w += _causal_mask(*w.shape[-2:], w.dtype)
+        return w
+
+    def weights(self, i: int) -> np.ndarray:
+        """The softmax weights of chunk i: kept, or exp(scores - shift) / total again."""
+        if self.kept is not None:
+            return self.kept[self.chunks[i]]
+        shift, total = self.saved[i]
+        w = self._scores(self.chunks[i])
         if shift is not None:
-            again -= shift
-        np.exp(again, out=again)
-        again /= total
-        return again
+            w -= shift
+        _exp_in_place(w, self.causal)
+        w /= total
+        return w
 
-    return out, weights
-
-
-def _attention_vjp(g, q, k, v, w, out_q=None, out_k=None, out_v=None):
-    """dL/dq, dL/dk, dL/dv of softmax(q k^T) v (weights w, q already scaled) for g (..., T, e),
-    written into the ``out_*`` arrays where given: weights dW = G V^T; softmax
-    dS = W * (dW - sum(dW * W)); then the three products."""
-    gw = g @ np.swapaxes(v, -1, -2)  # (..., T, S), then dS in place
-    grad_v = np.matmul(np.swapaxes(w, -1, -2), g, out=out_v)
-    gw -= _sum_last(gw * w)
-    gw *= w
-    return (np.matmul(gw, k, out=out_q), np.matmul(np.swapaxes(gw, -1, -2), q, out=out_k),
-            grad_v)
+    def vjp(self, g, grad_q, grad_k, grad_v) -> None:
+        """dL/dq, dL/dk, dL/dv (q scaled) for g (..., T, e), written into the given arrays:
+        weights dW = G V^T; softmax dS = W * (dW - sum(dW * W)); then the three products."""
+        for i, index in enumerate(self.chunks):
+            w, gi, q, k, v = self.weights(i), g[index], self.q[index], self.k[index], self.v[index]
+            gw = gi @ np.swapaxes(v, -1, -2)  # (..., T, S), then dS in place
+            np.matmul(np.swapaxes(w, -1, -2), gi, out=grad_v[index])
+            gw -= _sum_last(gw * w)
+            gw *= w
+            np.matmul(gw, k, out=grad_q[index])
+            np.matmul(np.swapaxes(gw, -1, -2), q, out=grad_k[index])
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, dropout_p: float = 0.0,
@@ -200,22 +250,27 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, dropout_p: 
     """:func:`minisage.functional.attention` as one primitive (with dropout on the weights, the
     reference itself: dropout needs the weights as a node of the graph).
 
-    Fused: scores, mask, softmax and the product in place, without the composition's graph and
-    copies; the scale 1/sqrt(d) on q (smaller than the scores); the weights kept for the VJP only
-    while they are small (see :func:`_attention_forward`). Row sums are BLAS products.
+    Fused: scores, mask, softmax and the product in place, chunk by chunk of the leading axes,
+    without the composition's graph and copies; the scale 1/sqrt(d) on q (smaller than the
+    scores); the weights kept for the VJP only while they are small (see :class:`_Attention`).
+    Row sums are BLAS products.
     """
     if (training and dropout_p) or not 0 <= dropout_p < 1:  # the reference (and its p check)
         return F.attention(q, k, v, causal, dropout_p, training, rng)
     q, k, v = _tensor(q), _tensor(k), _tensor(v)
+    lead = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     scale = q.dtype.type(1 / math.sqrt(q.shape[-1]))
-    q_scaled = q.data * scale
-    out, weights = _attention_forward(q_scaled, k.data, v.data, causal)
+    # one leading shape for all three (broadcast views), q scaled
+    qs = np.broadcast_to(q.data * scale, (*lead, *q.shape[-2:]))
+    ks, vs = (np.broadcast_to(t.data, (*lead, *t.shape[-2:])) for t in (k, v))
+    out = np.empty((*lead, q.shape[-2], v.shape[-1]), q.dtype)
+    core = _Attention(qs, ks, vs, causal, out)
 
     def vjp(g):
-        grad_q, grad_k, grad_v = _attention_vjp(g, q_scaled, k.data, v.data, weights())
-        grad_q *= scale
-        return tuple(_unbroadcast(grad, t.shape)
-                     for grad, t in zip((grad_q, grad_k, grad_v), (q, k, v)))
+        grads = [np.empty(t.shape, g.dtype) for t in (qs, ks, vs)]
+        core.vjp(g, *grads)
+        grads[0] *= scale
+        return tuple(_unbroadcast(grad, t.shape) for grad, t in zip(grads, (q, k, v)))
 
     return Tensor.make(out, (q, k, v), vjp)
 
@@ -233,7 +288,7 @@ def self_attention(x: Tensor, query: tuple, key: tuple, value: tuple, n_heads: i
     views; the heads' outputs are written straight into the (B, T, H, D/H) layout; backward writes
     the heads' gradients into one (B*T, 3D) array and gives x's gradient as one product. It keeps
     q, k and v (one array) and, for short rows, the attention weights (see
-    :func:`_attention_forward`)."""
+    :class:`_Attention`)."""
     x = _tensor(x)
     params = [_tensor(t) if t is not None else None for pair in (query, key, value) for t in pair]
     B, T, D = x.shape
@@ -256,13 +311,12 @@ def self_attention(x: Tensor, query: tuple, key: tuple, value: tuple, n_heads: i
     # (B, T, 3, H, D/H) -> q (scaled), k, v, each (B, H, T, D/H)
     q, k, v = qkv.reshape(B, T, 3, H, D // H).transpose(2, 0, 3, 1, 4)
     out = np.empty((B, T, H, D // H), x.dtype)
-    _, attention_weights = _attention_forward(q, k, v, causal, out=out.transpose(0, 2, 1, 3))
+    core = _Attention(q, k, v, causal, out=out.transpose(0, 2, 1, 3))
 
     def vjp(g):
         g = g.reshape(B, T, H, D // H).transpose(0, 2, 1, 3)  # (B, H, T, D/H)
         grad_qkv = np.empty((B, T, 3, H, D // H), x.dtype)
-        gq, gk, gv = grad_qkv.transpose(2, 0, 3, 1, 4)
-        _attention_vjp(g, q, k, v, attention_weights(), gq, gk, gv)
+        core.vjp(g, *grad_qkv.transpose(2, 0, 3, 1, 4))
         grad_qkv = grad_qkv.reshape(-1, 3 * D)  # (N, 3D); the query's part by scaled q
         grad_x = (grad_qkv @ stacked).reshape(x.shape) if x.requires_grad else None
         grad_w = grad_qkv.T @ rows  # (3D, D)

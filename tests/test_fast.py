@@ -135,6 +135,34 @@ def test_attention_with_dropout_is_the_reference_composition(causal):
         fast.attention(*arrays, causal, dropout_p=1.0)
 
 
+@pytest.mark.parametrize("blocks", [1, 3, 100])
+def test_causal_attention_in_blocks_of_rows_is_the_reference(blocks, monkeypatch):
+    """exp over blocks of rows up to their last visible column: seamless for any number of
+    blocks (one, uneven, more than rows), square or not, weights kept or recomputed."""
+    monkeypatch.setattr(fast, "CAUSAL_BLOCKS", blocks)
+    for t, s, d in ((7, 7, 3), (5, 9, 1), (8, 8, 1)):
+        _agree(lambda q, k, v: fast.attention(q, k, v, True),
+               lambda q, k, v: F.attention(q, k, v, True), _attention_arrays(blocks, (2,), t, s, d),
+               blocks, rtol=1e-10)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 200, 10**9])
+def test_attention_in_chunks_is_the_reference(chunk_bytes, monkeypatch):
+    """Chunks of one matrix (the second leading axis split), of several, or one for all: the
+    same values and gradients, for broadcast leading axes and for self-attention."""
+    monkeypatch.setattr(fast, "ATTENTION_CHUNK_BYTES", chunk_bytes)
+    rng = np.random.default_rng(5)
+    q, k, v = rng.standard_normal((3, 2, 4, 2)), rng.standard_normal((2, 6, 2)), \
+        rng.standard_normal((1, 2, 6, 3))
+    for causal in (False, True):
+        _agree(lambda q, k, v, c=causal: fast.attention(q, k, v, c),
+               lambda q, k, v, c=causal: F.attention(q, k, v, c), [q, k, v], 5, rtol=1e-10)
+    x, ws = rng.standard_normal((3, 5, 4)), [rng.standard_normal((4, 4)) for _ in range(3)]
+    _agree(lambda x, a, b, c: fast.self_attention(x, (a, None), (b, None), (c, None), 2, True),
+           lambda x, a, b, c: _heads_composition(x, a, None, b, None, c, None, 2, True),
+           [x, *ws], 6)
+
+
 def test_attention_over_long_rows_keeps_no_weights():
     """Rows longer than 3 d: the VJP recomputes the (T, S) weights instead of keeping them, and
     still agrees with the reference (values and gradients)."""
