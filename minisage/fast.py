@@ -175,7 +175,7 @@ def _softmax_in_place(w: np.ndarray, causal: bool) -> tuple[np.ndarray | None, n
 
 #: attention runs over chunks of its (batch, head) matrices holding about this many bytes of
 #: weights each, so that each chunk's scores, softmax and gradients stay in the cache
-ATTENTION_CHUNK_BYTES = 1 << 18
+ATTENTION_CHUNK_BYTES = 1 << 20
 
 
 def _chunks(lead: tuple[int, ...], item_bytes: int) -> list[tuple]:
