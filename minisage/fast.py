@@ -305,9 +305,9 @@ def self_attention(x: Tensor, query: tuple, key: tuple, value: tuple, n_heads: i
     stacked = np.concatenate(weights)  # (3D, D): [scale Wq; Wk; Wv]
     stacked[:D] *= scale
     qkv = rows @ stacked.T  # (N, 3D)
-    for i, b in enumerate(biases):
-        if b is not None:
-            qkv[:, i * D:(i + 1) * D] += b.data * scale if i == 0 else b.data
+    if any(b is not None for b in biases):  # [scale bq, bk, bv], zeros for a missing one
+        qkv += np.concatenate([np.zeros(D, x.dtype) if b is None else b.data * s
+                               for b, s in zip(biases, (scale, 1, 1))])
     # (B, T, 3, H, D/H) -> q (scaled), k, v, each (B, H, T, D/H)
     q, k, v = qkv.reshape(B, T, 3, H, D // H).transpose(2, 0, 3, 1, 4)
     out = np.empty((B, T, H, D // H), x.dtype)
@@ -378,8 +378,9 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 # erfc(y) = t (a1 + t (a2 + t (a3 + t (a4 + t a5)))) exp(-y^2), t = 1 / (1 + p y), |error| < 1.5e-7
 _AS = (0.3275911, 0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 #: GELU's ~25 elementwise passes run over blocks of this many entries, each pass in place on
-#: scratch arrays of one block: in the cache, and below malloc's mmap threshold (128 KiB)
-GELU_BLOCK = 1 << 14
+#: scratch arrays of one block, in the cache (smaller blocks cost more in NumPy calls than they
+#: save)
+GELU_BLOCK = 1 << 16
 
 
 def _normal_cdf32_into(z: np.ndarray, cdf: np.ndarray, e: np.ndarray, t: np.ndarray) -> None:
