@@ -390,10 +390,10 @@ def _normal_cdf32_into(z: np.ndarray, cdf: np.ndarray, e: np.ndarray, t: np.ndar
     np.multiply(z, f(-0.5), out=e)  # exp(-y^2) at y = |z| / sqrt 2
     e *= z
     np.exp(e, out=e)
-    np.abs(z, out=t)  # t = 1 / (1 + p y)
-    t *= f(p / math.sqrt(2))
-    t += f(1)
-    np.divide(f(1), t, out=t)
+    # t = 1 / (1 + p y) = k / (k + |z|), k = sqrt(2) / p
+    np.abs(z, out=t)
+    t += f(math.sqrt(2) / p)
+    np.divide(f(math.sqrt(2) / p), t, out=t)
     np.multiply(t, f(a[4] / 2), out=cdf)  # Phi(-|z|) = erfc(y) / 2, by Horner
     for c in reversed(a[:4]):
         cdf += f(c / 2)
