@@ -5,7 +5,9 @@ Every optimizer here is a thin loop over a :mod:`minisage.spec` rule, in two pas
 clipping factor (nothing is written, so an error leaves everything as it was); then the rule's
 ``update_into`` -- the one statement of its update -- writes into the parameters and their state
 in place. Small parameters that share a rule, an lr and a step count are updated together as flat
-arrays. The numbers are those of the pure ``rule.step``, bit for bit.
+arrays, and every flat array block by block (``BLOCK_BYTES``: all passes of the update over one
+block while it is in the cache, then the next). The numbers are those of the pure ``rule.step``,
+bit for bit: the update is elementwise, so neither batching nor blocking changes a rounding.
 
 A parameter is any object with ``.data`` (a floating-point ndarray) and ``.grad`` (an ndarray of the
 same shape, or None: such parameters are skipped, as in torch). ``params`` may be parameters,
