@@ -116,7 +116,7 @@ def test_targets_of_a_given_result():
         "adamax-sage state arrays per parameter": False,
     }
     text = format_targets(check_targets(result))
-    assert "MISSED (by 50%)" in text                              # the fused AdamW ratio
+    assert "MISSED (by 50.0%)" in text                              # the fused AdamW ratio
     del result["train"][0]["ratio"]                               # measured without torch
     first = check_targets(result)[0]
     assert first["value"] is None and first["met"] is None

@@ -72,7 +72,7 @@ def format_targets(targets: list[dict]) -> str:
             f"{value:.2f}" if isinstance(value, float) else str(value))
         verdict = {True: "met", False: "MISSED", None: "-"}[t["met"]]
         if t["met"] is False and t["kind"] in ("<=", ">=") and t["bound"]:
-            verdict += f" (by {abs(value / t['bound'] - 1):.0%})"
+            verdict += f" (by {abs(value / t['bound'] - 1):.1%})"
         lines.append(f"  {t['target']:<52} {shown:>14} {t['kind']} {t['bound']}  {verdict}")
     return "\n".join(lines)
 
