@@ -3,12 +3,14 @@
 Everything is measured in one process, after warm-up, as the median of ``reps`` repetitions; the
 minisage and torch versions of a case run interleaved (one of each per repetition, alternating
 which goes first), and the ratio minisage/torch is the median of the per-repetition ratios, so that
-load from other processes hits both sides alike. Cases:
+load from other processes hits both sides alike. torch runs at its best on the CPU: attention
+through ``scaled_dot_product_attention``, AdamW also ``fused``. Cases:
 
 - the train step (forward, backward, optimizer step; AdamW on both sides) of the Transformer at a
   lesson size and a medium size, minisage and its torch twin (:func:`minisage.backends.torch.
-  to_torch`: the same weights), float32 by default;
-- the optimizer step alone (Adam, AdamW-SAGE, Adamax-SAGE) over the medium model's parameters;
+  to_torch`: the same weights, SDPA attention), float32 by default;
+- the optimizer step alone (AdamW, AdamW-SAGE, Adamax-SAGE) over the medium model's parameters,
+  against torch's AdamW (default and ``fused=True``) and the torch SAGE optimizers of this project;
 - the peak memory of a train step (minisage: ``tracemalloc``, which sees every NumPy allocation;
   torch: the allocation events of ``torch.profiler``) and the optimizer state per parameter;
 - the medium train step's matmul GFLOP/s against NumPy's own matmul GFLOP/s on this machine.
@@ -42,7 +44,7 @@ from minisage import optim, runtime
 from minisage.nn import Transformer, TransformerConfig
 
 #: the optimizer presets timed alone (see _minisage_optimizer and _torch_optimizer)
-OPTIMIZERS = ("adam", "adamw-sage", "adamax-sage")
+OPTIMIZERS = ("adamw", "adamw-sage", "adamax-sage")
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,7 @@ def train_case(shape: Shape, dtype: str, reps: int, warmup: int, with_torch: boo
     row["peak_mb"] = _peak_minisage(fns["minisage"]) / 2**20
     if with_torch:
         row["torch_peak_mb"] = _peak_torch(fns["torch"]) / 2**20
+        row["peak_ratio"] = row["peak_mb"] / row["torch_peak_mb"]
     row["matmul_gflop"] = shape.matmul_flops() / 1e9
     row["gflops"] = row["matmul_gflop"] / (row["minisage_ms"] / 1e3)
     if with_torch:
@@ -205,29 +208,25 @@ def train_case(shape: Shape, dtype: str, reps: int, warmup: int, with_torch: boo
 
 
 def _minisage_optimizer(preset: str, params):
-    if preset == "adam":
-        return optim.Adam(params, lr=1e-3)
-    if preset == "adamw-sage":
-        return optim.AdamWSAGE(params, lr=1e-3)
-    return optim.AdamaxSAGE(params, lr=1e-3)
+    return optim.make(preset, params, lr=1e-3)
 
 
-def _torch_optimizer(preset: str, params):
+def _torch_optimizer(preset: str, params, fused: bool = False):
+    """torch's AdamW (``fused``: its one-kernel CPU path), or this project's torch SAGE."""
     import torch
 
     from minisage.backends import torch as tb
 
-    if preset == "adam":
-        return torch.optim.Adam(params, lr=1e-3)
-    if preset == "adamw-sage":
-        return tb.AdamWSAGE(params, lr=1e-3)
-    return tb.AdamaxSAGE(params, lr=1e-3)
+    if preset == "adamw":
+        return torch.optim.AdamW(params, lr=1e-3, fused=fused or None)
+    return {"adamw-sage": tb.AdamWSAGE, "adamax-sage": tb.AdamaxSAGE}[preset](params, lr=1e-3)
 
 
 def optimizer_cases(shape: Shape, dtype: str, reps: int, warmup: int, with_torch: bool,
                     seed: int = 0) -> list[dict]:
     """One optimizer step over the model's parameters, with fixed random gradients; all presets
-    and both sides interleaved in one loop, so that every ratio compares the same moments."""
+    and both sides interleaved in one loop, so that every ratio compares the same moments. AdamW
+    is also timed against torch's fused AdamW (``torch_fused_ms``, ``fused_ratio``)."""
     model = Transformer(shape.config(dtype), seed=seed)
     rng = np.random.default_rng(seed + 1)
     params = model.parameters()
@@ -235,16 +234,19 @@ def optimizer_cases(shape: Shape, dtype: str, reps: int, warmup: int, with_torch
         p.grad = (1e-2 * rng.standard_normal(p.shape)).astype(p.dtype)
     count = sum(p.size for p in params)
     opts, fns = {}, {}
+    torch_cases = [(preset, False) for preset in OPTIMIZERS] + [("adamw", True)]
     for preset in OPTIMIZERS:
         opts[preset] = _minisage_optimizer(preset, list(params))  # a state of its own
         fns[f"minisage {preset}"] = opts[preset].step
-        if with_torch:
-            import torch
+    if with_torch:
+        import torch
 
+        for preset, fused in torch_cases:
             twin = [torch.nn.Parameter(torch.tensor(p.data)) for p in params]
             for tp, p in zip(twin, params):
                 tp.grad = torch.tensor(p.grad)
-            fns[f"torch {preset}"] = _torch_optimizer(preset, twin).step
+            name = f"torch {preset}" + (" fused" if fused else "")
+            fns[name] = _torch_optimizer(preset, twin, fused).step
     times = interleaved(fns, reps, warmup)
     rows = []
     for preset, opt in opts.items():
@@ -252,9 +254,13 @@ def optimizer_cases(shape: Shape, dtype: str, reps: int, warmup: int, with_torch
                "preset": preset, "parameters": count}
         mine = {"minisage": times[f"minisage {preset}"], "torch": times.get(f"torch {preset}")}
         row.update(_summary(mine, "minisage", "torch" if with_torch else None))
-        # this preset's step / minisage's Adam step, per repetition
-        row["over_adam"] = statistics.median(
-            a / b for a, b in zip(times[f"minisage {preset}"], times["minisage adam"]))
+        if with_torch and f"torch {preset} fused" in times:
+            fused = _summary({"minisage": mine["minisage"],
+                              "torch": times[f"torch {preset} fused"]}, "minisage", "torch")
+            row["torch_fused_ms"], row["fused_ratio"] = fused["torch_ms"], fused["ratio"]
+        # this preset's step / minisage's AdamW step, per repetition
+        row["over_adamw"] = statistics.median(
+            a / b for a, b in zip(times[f"minisage {preset}"], times["minisage adamw"]))
         arrays = {len([v for v in opt.state_of(p).values() if isinstance(v, np.ndarray)])
                   for p in params}
         row["state_arrays_per_param"] = sorted(arrays)
@@ -382,9 +388,13 @@ def format_table(result: dict) -> str:
         torch_ms = f"{row['torch_ms']:9.2f}" if "torch_ms" in row else f"{'-':>9}"
         ratio = f"{row['ratio']:6.2f}" if "ratio" in row else f"{'-':>6}"
         lines.append(f"{row['case']:<58} {row['minisage_ms']:11.2f} {torch_ms} {ratio}")
+        if "torch_fused_ms" in row:
+            lines.append(f"{'  against torch fused=True':<58} {'':11} "
+                         f"{row['torch_fused_ms']:9.2f} {row['fused_ratio']:6.2f}")
     lines.append("")
     for row in result["train"]:
-        torch_peak = f", torch {row['torch_peak_mb']:.1f} MiB" if "torch_peak_mb" in row else ""
+        torch_peak = (f", torch {row['torch_peak_mb']:.1f} MiB (ratio {row['peak_ratio']:.2f})"
+                      if "torch_peak_mb" in row else "")
         torch_rate = f", torch {row['torch_gflops']:.1f}" if "torch_gflops" in row else ""
         lines.append(f"{row['shape']} train step: peak memory {row['peak_mb']:.1f} MiB"
                      f"{torch_peak}; {row['matmul_gflop']:.2f} GFLOP of matmul, "
@@ -395,6 +405,7 @@ def format_table(result: dict) -> str:
     lines.append(f"matmul ceiling {ceiling['shape']}: numpy {ceiling['numpy_gflops']:.1f} "
                  f"GFLOP/s{torch_ceiling}")
     for row in result["optimizer"]:
-        lines.append(f"{row['preset']} state: {row['state_arrays_per_param']} array(s) per "
-                     f"parameter, {row['state_bytes_per_param']:g} bytes per parameter entry")
+        lines.append(f"{row['preset']} step / minisage adamw step {row['over_adamw']:.2f}; state: "
+                     f"{row['state_arrays_per_param']} array(s) per parameter, "
+                     f"{row['state_bytes_per_param']:g} bytes per parameter entry")
     return "\n".join(lines)

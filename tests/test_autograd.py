@@ -1,6 +1,9 @@
 """Tests of the autograd engine (minisage.autograd): every Tensor primitive in one table, checked
 against NumPy, against central finite differences and in float32; kinks, graph facts, bad input."""
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -261,13 +264,34 @@ def test_diamond_graph_sums_paths():
 def test_two_backward_calls_accumulate():
     x = Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
     y = (x * x).sum()
-    y.backward()
+    y.backward(retain_graph=True)
     y.backward()
     np.testing.assert_array_equal(x.grad, 2 * (2 * x.data))
     grad_before = x.grad
     (x * 1.0).sum().backward()
     assert x.grad is grad_before  # accumulated in place, in its own memory
     np.testing.assert_array_equal(x.grad, 2 * (2 * x.data) + 1)
+
+
+def test_backward_frees_the_graph_unless_retained():
+    x = Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+    for retain in (False, True):
+        e = (x * 2).exp()
+        saved = weakref.ref(e.data)  # the exp node's output, which its VJP keeps
+        loss = e.sum()
+        del e
+        loss.backward(retain_graph=retain)
+        gc.collect()
+        assert (saved() is not None) == retain
+    loss.backward()  # retained: a second pass works (and accumulates)
+    np.testing.assert_allclose(x.grad, 3 * 2 * np.exp(2 * x.data), rtol=1e-15)
+    with pytest.raises(RuntimeError, match=r"graph was freed.*retain_graph=True"):
+        loss.backward()  # the second pass freed it
+    shared = x * x
+    first, second = shared.sum(), (shared * 2).sum()
+    first.backward()
+    with pytest.raises(RuntimeError, match="graph was freed"):
+        second.backward()  # it reaches a node the first pass freed
 
 
 def test_leaf_grad_is_a_copy_not_a_view_of_the_upstream_gradient():

@@ -25,14 +25,17 @@ def _check_structure(result, dtype, with_torch, reps=2):
     assert [row["preset"] for row in result["optimizer"]] == list(bench.OPTIMIZERS)
     size = np.dtype(dtype).itemsize
     for row in result["optimizer"]:
-        arrays = 2 if row["preset"] == "adam" else 3      # m, v (Adam); m, v or u, Ibar (SAGE)
+        arrays = 2 if row["preset"] == "adamw" else 3     # m, v (AdamW); m, v or u, Ibar (SAGE)
         assert row["state_arrays_per_param"] == [arrays]
         assert row["state_bytes_per_param"] == arrays * size
         assert row["minisage_ms"] > 0 and ("ratio" in row) == with_torch
+        # AdamW is timed against torch's fused AdamW as well, the others are not
+        assert ("fused_ratio" in row) == (with_torch and row["preset"] == "adamw")
+    assert result["optimizer"][0]["over_adamw"] == 1.0       # AdamW over itself
     assert result["ceiling"]["numpy_gflops"] > 0
     targets = {t["target"]: t for t in check_targets(result)}
     assert targets["adamw-sage state arrays per parameter"]["met"] is True
-    assert targets["adam state arrays per parameter"]["met"] is True
+    assert targets["adamw state arrays per parameter"]["met"] is True
     json.dumps(result, allow_nan=False)                   # JSON-ready as it is
 
 
@@ -55,8 +58,10 @@ def test_bench_with_torch_uses_the_same_weights_and_threads():
     assert env["torch_threads"] == env["threads"] == 1
     assert torch.get_num_threads() == before                  # restored after the run
     row = result["train"][0]
-    assert row["first_loss_diff"] <= 1e-5 and row["ratio"] > 0 and row["torch_peak_mb"] >= 0
-    assert "torch" in bench.format_table(result).splitlines()[0]
+    assert row["first_loss_diff"] <= 1e-5 and row["ratio"] > 0 and row["torch_peak_mb"] > 0
+    assert row["peak_ratio"] == row["peak_mb"] / row["torch_peak_mb"]
+    table = bench.format_table(result)
+    assert "torch" in table.splitlines()[0] and "against torch fused=True" in table
 
 
 def test_cli_bench_prints_the_table_and_targets_and_writes_json(tmp_path, capsys):
@@ -85,32 +90,52 @@ def test_a_target_is_met_or_missed_as_its_bound_says():
 
 def test_targets_of_a_given_result():
     """Numbers chosen on both sides of each bound give the verdicts the bounds say."""
-    def opt_row(preset, over_adam, arrays):
-        return {"preset": preset, "over_adam": over_adam, "state_arrays_per_param": arrays}
+    def opt_row(preset, over_adamw, arrays, **more):
+        return {"preset": preset, "over_adamw": over_adamw, "state_arrays_per_param": arrays,
+                **more}
 
     result = {
         "train": [{"shape": "lesson", "ratio": TARGETS["train_lesson"] - 0.1},
-                  {"shape": "medium", "ratio": TARGETS["train_medium"] + 0.1, "gflops": 4.0}],
-        "optimizer": [opt_row("adam", 1.0, [2]), opt_row("adamw-sage", 1.2, [3]),
-                      opt_row("adamax-sage", 1.4, [2, 3])],
+                  {"shape": "medium", "ratio": TARGETS["train_medium"] + 0.1, "gflops": 4.0,
+                   "peak_ratio": TARGETS["memory_medium"] - 0.1}],
+        "optimizer": [opt_row("adamw", 1.0, [2], fused_ratio=TARGETS["adamw_over_fused"] * 1.5),
+                      opt_row("adamw-sage", TARGETS["sage_over_adamw"] - 0.1, [3]),
+                      opt_row("adamax-sage", 1.9, [2, 3])],
         "ceiling": {"numpy_gflops": 10.0},
     }
     verdicts = {t["target"]: t["met"] for t in check_targets(result)}
     assert verdicts == {
         "train step lesson, minisage/torch": True,
         "train step medium, minisage/torch": False,
-        "adamw-sage step / minisage adam step": True,
-        "adamax-sage step / minisage adam step": False,
+        "train step medium, peak memory minisage/torch": True,
+        "adamw step / torch fused AdamW step": False,
+        "adamw-sage step / minisage adamw step": True,
         "medium train step GFLOP/s / numpy matmul GFLOP/s": False,   # 0.4 < 0.5
-        "adam state arrays per parameter": True,
+        "adamw state arrays per parameter": True,
         "adamw-sage state arrays per parameter": True,
         "adamax-sage state arrays per parameter": False,
     }
+    text = format_targets(check_targets(result))
+    assert "MISSED (by 50.0%)" in text                              # the fused AdamW ratio
     del result["train"][0]["ratio"]                               # measured without torch
     first = check_targets(result)[0]
     assert first["value"] is None and first["met"] is None
-    assert "n/a (no torch)" in format_targets([first]) and "MISSED" in format_targets(
-        check_targets(result))
+    assert "n/a (no torch)" in format_targets([first])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--threads", "0"], "--threads must be an integer >= 1, got 0"),
+    (["--reps", "0"], "--reps must be an integer >= 1, got 0"),
+    (["--json", "no-such-folder/bench.json"], "--json no-such-folder/bench.json: cannot write"),
+])
+def test_cli_refuses_bad_arguments_before_the_benchmark(argv, message, capsys, monkeypatch,
+                                                        tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("minisage.cli.bench.bench", lambda **kw: pytest.fail("it ran"))
+    assert main(["bench", "--quick", "--no-torch", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("minisage bench: error: ") and message in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []       # nothing left behind
 
 
 def test_bad_arguments():

@@ -4,6 +4,7 @@ float32 in gives float32 out), the fused and reference Transformers agree, and t
 agree with torch where it is installed."""
 
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -134,6 +135,99 @@ def test_attention_with_dropout_is_the_reference_composition(causal):
         fast.attention(*arrays, causal, dropout_p=1.0)
 
 
+@pytest.mark.parametrize("blocks", [1, 3, 100])
+def test_causal_attention_in_blocks_of_rows_is_the_reference(blocks, monkeypatch):
+    """exp over blocks of rows up to their last visible column: seamless for any number of
+    blocks (one, uneven, more than rows), square or not, weights kept or recomputed."""
+    monkeypatch.setattr(fast, "CAUSAL_BLOCKS", blocks)
+    for t, s, d in ((7, 7, 3), (5, 9, 1), (8, 8, 1)):
+        _agree(lambda q, k, v: fast.attention(q, k, v, True),
+               lambda q, k, v: F.attention(q, k, v, True), _attention_arrays(blocks, (2,), t, s, d),
+               blocks, rtol=1e-10)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 200, 10**9])
+def test_attention_in_chunks_is_the_reference(chunk_bytes, monkeypatch):
+    """Chunks of one matrix (the second leading axis split), of several, or one for all: the
+    same values and gradients, for broadcast leading axes and for self-attention."""
+    monkeypatch.setattr(fast, "ATTENTION_CHUNK_BYTES", chunk_bytes)
+    rng = np.random.default_rng(5)
+    q, k, v = rng.standard_normal((3, 2, 4, 2)), rng.standard_normal((2, 6, 2)), \
+        rng.standard_normal((1, 2, 6, 3))
+    for causal in (False, True):
+        _agree(lambda q, k, v, c=causal: fast.attention(q, k, v, c),
+               lambda q, k, v, c=causal: F.attention(q, k, v, c), [q, k, v], 5, rtol=1e-10)
+    x, ws = rng.standard_normal((3, 5, 4)), [rng.standard_normal((4, 4)) for _ in range(3)]
+    _agree(lambda x, a, b, c: fast.self_attention(x, (a, None), (b, None), (c, None), 2, True),
+           lambda x, a, b, c: _heads_composition(x, a, None, b, None, c, None, 2, True),
+           [x, *ws], 6)
+
+
+def test_attention_over_long_rows_keeps_no_weights():
+    """Rows longer than 3 d: the VJP recomputes the (T, S) weights instead of keeping them, and
+    still agrees with the reference (values and gradients)."""
+    rng = np.random.default_rng(7)
+    q, k, v = (Tensor(rng.standard_normal((2, 64, 2)), requires_grad=True) for _ in range(3))
+    fast.attention(q, k, v, causal=True)  # the causal mask is made once, and kept
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        out = fast.attention(q, k, v, causal=True)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    weights_bytes = 2 * 64 * 64 * 8
+    assert out.data.nbytes <= held < weights_bytes / 4
+    _agree(lambda q, k, v: fast.attention(q, k, v, True),
+           lambda q, k, v: F.attention(q, k, v, True), [q.data, k.data, v.data], 7)
+
+
+def _heads_composition(x, wq, bq, wk, bk, wv, bv, n_heads, causal, attention=F.attention):
+    B, T, D = x.shape
+
+    def heads(t):
+        return t.reshape(B, T, n_heads, D // n_heads).transpose(0, 2, 1, 3)
+
+    q, k, v = (heads(F.linear(x, w, b)) for w, b in ((wq, bq), (wk, bk), (wv, bv)))
+    return attention(q, k, v, causal).transpose(0, 2, 1, 3).reshape(B, T, D)
+
+
+@DTYPES
+@pytest.mark.parametrize("causal", [False, True])
+@given(batch=st.integers(1, 3), seq=st.integers(1, 7), n_heads=st.integers(1, 3),
+       head_dim=st.integers(1, 3), biases=st.sampled_from(["all", "none", "some"]), seed=SEEDS)
+def test_self_attention_is_the_composition(dtype, causal, batch, seq, n_heads, head_dim, biases,
+                                           seed):
+    # seq up to 7 and head_dim down to 1: both short rows (weights kept) and long (recomputed)
+    rng = np.random.default_rng(seed)
+    d = n_heads * head_dim
+    x = rng.standard_normal((batch, seq, d))
+    ws = [rng.standard_normal((d, d)) / math.sqrt(d) for _ in range(3)]
+    has_bias = {"all": (True,) * 3, "none": (False,) * 3, "some": (True, False, True)}[biases]
+    bs = [rng.standard_normal(d) for b in has_bias if b]
+
+    def with_pairs(f):
+        def g(x, *params):
+            params, pairs = list(params), []
+            ws = params[:3]
+            bs = iter(params[3:])
+            for w, b in zip(ws, has_bias):
+                pairs.append((w, next(bs) if b else None))
+            return f(x, *pairs)
+        return g
+
+    _agree(with_pairs(lambda x, *pairs: fast.self_attention(x, *pairs, n_heads, causal)),
+           with_pairs(lambda x, *pairs: _heads_composition(
+               x, *(t for pair in pairs for t in pair), n_heads, causal)),
+           [x, *ws, *bs], seed, dtype)
+
+
+def test_self_attention_bad_shapes():
+    with pytest.raises(ValueError, match=r"self_attention: weights must be \(4, 4\)"):
+        fast.self_attention(np.ones((1, 2, 4)), (np.ones((4, 4)), None), (np.ones((4, 3)), None),
+                            (np.ones((4, 4)), None), 2)
+
+
 # ----- layer_norm --------------------------------------------------------------------------------
 @DTYPES
 @given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=3),
@@ -180,15 +274,26 @@ def test_float32_gelu_is_exact_to_its_approximation():
     assert fast.gelu(Tensor(np.array([np.inf], np.float32))).data[0] == np.inf
 
 
+@DTYPES
 @given(seed=SEEDS, shape=st.lists(st.integers(1, 5), max_size=3))
-def test_float32_gelu_is_the_reference(seed, shape):
+def test_gelu_is_the_reference(dtype, seed, shape):
     x = 4 * np.random.default_rng(seed).standard_normal(shape)
-    _agree(fast.gelu, F.gelu, [x], seed, np.float32)
+    _agree(fast.gelu, F.gelu, [x], seed, dtype)
 
 
-@pytest.mark.parametrize("dtype, approximate", [
-    (np.float64, "none"), (np.float64, "tanh"), (np.float32, "tanh")])
-def test_gelu_elsewhere_is_the_reference_itself(dtype, approximate):
+@DTYPES
+def test_gelu_in_blocks_is_the_reference(dtype, monkeypatch):
+    """Blocks of 7 entries: every block boundary (and the short last block) is seamless."""
+    monkeypatch.setattr(fast, "GELU_BLOCK", 7)
+    x = 4 * np.random.default_rng(1).standard_normal((5, 9))
+    _agree(fast.gelu, F.gelu, [x], 1, dtype)
+    _agree(fast.linear_gelu, lambda x, w, b: F.gelu(F.linear(x, w, b)),
+           [x, np.ones((3, 9)), np.zeros(3)], 2, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_tanh_gelu_is_the_reference_itself(dtype):
+    approximate = "tanh"
     x = np.linspace(-5, 5, 41).astype(dtype)
     u = np.random.default_rng(0).standard_normal(41).astype(dtype)
     a, (ga,) = _value_and_grads(lambda t: fast.gelu(t, approximate), [x], u)
@@ -201,6 +306,26 @@ def test_gelu_elsewhere_is_the_reference_itself(dtype, approximate):
 def test_gelu_rejects_an_unknown_approximation():
     with pytest.raises(ValueError, match="approximate"):
         fast.gelu(Tensor(np.ones(2, np.float32)), approximate="sigmoid")
+
+
+# ----- fused linear layers -----------------------------------------------------------------------
+@DTYPES
+@given(lead=LEAD, n_in=st.integers(1, 4), n_out=st.integers(1, 4), bias=st.booleans(),
+       seed=SEEDS)
+def test_residual_linear_and_linear_gelu_are_their_compositions(dtype, lead, n_in, n_out, bias,
+                                                               seed):
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal((*lead, n_in)), rng.standard_normal((n_out, n_in))
+    b = [rng.standard_normal(n_out)] if bias else []
+    _agree(lambda r, x, w, *b: fast.residual_linear(r, x, w, *b),
+           lambda r, x, w, *b: r + F.linear(x, w, *b),
+           [rng.standard_normal((*lead, n_out)), x, w, *b], seed, dtype)
+    _agree(fast.linear_gelu, lambda x, w, *b: F.gelu(F.linear(x, w, *b)), [x, w, *b], seed, dtype)
+
+
+def test_residual_linear_needs_the_output_shape():
+    with pytest.raises(ValueError, match=r"residual_linear: residual \(2, 4\) and output \(2, 3\)"):
+        fast.residual_linear(np.ones((2, 4)), np.ones((2, 5)), np.ones((3, 5)))
 
 
 # ----- embeddings --------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from minisage import optim, spec
+from minisage.optim import optimizer
 from minisage.optim.optimizer import SMALL
 
 # preset -> hyperparameter variants (each changes which lines of the update run)
@@ -46,8 +47,8 @@ SHAPES = [(3, 4), (5,), (), (4, 3), (1, 1), (0, 2), (180, 200)]  # the last > SM
 assert 180 * 200 > SMALL
 
 
-def _params(rng, dtype):
-    return [SimpleNamespace(data=rng.standard_normal(s).astype(dtype), grad=None) for s in SHAPES]
+def _params(rng, dtype, shapes=SHAPES):
+    return [SimpleNamespace(data=rng.standard_normal(s).astype(dtype), grad=None) for s in shapes]
 
 
 def _grad(rng, shape, dtype, scale, kind):
@@ -61,13 +62,22 @@ def _grad(rng, shape, dtype, scale, kind):
     return g
 
 
+@pytest.mark.parametrize("blocks", ["default", "tiny"])
 @pytest.mark.parametrize("record", [False, True])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("preset,variant", CASES)
-def test_optimizer_step_is_the_spec_rule_bit_for_bit(preset, variant, dtype, record):
+def test_optimizer_step_is_the_spec_rule_bit_for_bit(preset, variant, dtype, record, blocks,
+                                                     monkeypatch):
+    shapes = SHAPES
+    if blocks == "tiny":
+        # blocks of 3 (float64) or 6 (float32) entries split every tensor and the batch at odd
+        # places; the large tensor is smaller here (and still above SMALL), to keep this quick
+        monkeypatch.setattr(optimizer, "BLOCK_BYTES", 24)
+        monkeypatch.setattr(optimizer, "SMALL", 100)
+        shapes = [*SHAPES[:-1], (18, 20)]
     hp = dict(VARIANTS[preset][variant])
     rng = np.random.default_rng(variant)
-    params = _params(rng, dtype)
+    params = _params(rng, dtype, shapes)
     names = [f"#{i}" for i in range(len(params))]
     sage = spec.rule_class(preset).sage
     opt = optim.optimizer_class(preset)([{"params": params, "sage": sage}], record=record, **hp)
@@ -112,9 +122,36 @@ def test_optimizer_step_is_the_spec_rule_bit_for_bit(preset, variant, dtype, rec
     clips = hp.get("max_grad_norm", spec.defaults(preset).get("max_grad_norm", -1)) > 0
     if clips and hp.get("max_grad_norm") != 1e6:
         # clipping was active for small (batched) and large parameters alike
-        assert {0, len(SHAPES) - 1} <= clipped
+        assert {0, len(shapes) - 1} <= clipped
     else:
         assert not clipped
+
+
+@pytest.mark.parametrize("record", [False, True])
+def test_parameters_in_another_memory_order(monkeypatch, record):
+    """A parameter that is not C-contiguous (its state follows its layout) is updated whole,
+    not in blocks: the same numbers as the spec rule, bit for bit."""
+    monkeypatch.setattr(optimizer, "SMALL", 4)        # every parameter on its own
+    monkeypatch.setattr(optimizer, "BLOCK_BYTES", 24)
+    rng = np.random.default_rng(3)
+    params = [SimpleNamespace(data=np.asfortranarray(rng.standard_normal((5, 7))), grad=None),
+              SimpleNamespace(data=rng.standard_normal((6, 5)).T, grad=None)]
+    opt = optim.AdamWSAGE(params, lr=1e-2, record=record)
+    rule = spec.make("adamw-sage", lr=1e-2)
+    ref = [(p.data.copy(), rule.init(p.data)) for p in params]
+    for _ in range(3):
+        for p in params:
+            p.grad = rng.standard_normal(p.data.shape)
+        opt.step()
+        for i, p in enumerate(params):
+            ref_p, ref_s, ref_trace = rule.step(ref[i][0], p.grad, ref[i][1])
+            ref[i] = (ref_p, ref_s)
+            assert not p.data.flags.c_contiguous and np.array_equal(p.data, ref_p)
+            for key in rule.array_keys:
+                assert np.array_equal(opt.state_of(p)[key], ref_s[key])
+            if record:
+                for key, value in ref_trace.items():
+                    assert np.array_equal(opt.last_trace[f"#{i}"][key], value), key
 
 
 def test_the_spec_step_is_not_called_and_buffers_are_reused(monkeypatch):

@@ -10,6 +10,9 @@ Conventions (each pinned by a test):
 - Gradients accumulate across ``backward`` calls, as in torch: call ``zero_grad`` (or set
   ``x.grad = None``) between steps. Only leaves (tensors created with ``requires_grad=True``, not
   produced by an operation) keep a ``.grad``.
+- ``backward`` frees the graph as it goes, as torch does: each node lets go of its VJP (and the
+  arrays it saved) and its parents once used, so memory falls during the backward pass. A second
+  ``backward`` through the same graph raises; ``backward(retain_graph=True)`` keeps it.
 - A float array keeps its dtype (float32 in gives float32 values and gradients, no silent upcast);
   Python numbers and lists become float64. Integer arrays may be data but cannot require grad.
 - Kinks: relu'(0) = 0; |x|'(0) = 0; ties in ``max`` share the gradient equally;
@@ -89,11 +92,12 @@ class Tensor:
             out._vjp = vjp
         return out
 
-    def backward(self, grad=None) -> None:
+    def backward(self, grad=None, retain_graph: bool = False) -> None:
         """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.
 
         ``grad`` is the gradient of the final scalar with respect to ``self``; it may be omitted
-        only when ``self`` has a single element (it is then 1).
+        only when ``self`` has a single element (it is then 1). The graph is freed on the way
+        unless ``retain_graph``.
         """
         if not self.requires_grad:
             raise RuntimeError("backward: this tensor does not require grad (no graph recorded)")
@@ -109,7 +113,9 @@ class Tensor:
             raise ValueError(f"backward: grad has shape {grad.shape}, tensor has {self.shape}")
 
         grads = {id(self): grad}
-        for node in reversed(_topological_order(self)):
+        order = _topological_order(self)
+        while order:
+            node = order.pop()  # reverse topological order; popped, it can be freed once used
             g = grads.pop(id(node), None)
             if g is None:
                 continue
@@ -119,7 +125,10 @@ class Tensor:
                 else:
                     node.grad += g
                 continue
-            for parent, parent_grad in zip(node._parents, node._vjp(g)):
+            parents, parent_grads = node._parents, node._vjp(g)
+            if not retain_graph:
+                node._parents, node._vjp = (), _freed
+            for parent, parent_grad in zip(parents, parent_grads):
                 if parent_grad is None or not parent.requires_grad:
                     continue
                 key = id(parent)
@@ -343,6 +352,11 @@ class Tensor:
         return Tensor.make(np.abs(self.data), (self,), lambda g: (g * sign,))
 
     __abs__ = abs
+
+
+def _freed(g):
+    raise RuntimeError("backward: this graph was freed by an earlier backward; call "
+                       "backward(retain_graph=True) the first time to go through it again")
 
 
 def _as_tuple(index) -> tuple:

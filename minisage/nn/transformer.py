@@ -87,20 +87,28 @@ class SelfAttention(Module):
         )
         self.output = Namespace(dense=Linear(d, d, rng, dtype=dtype, fused=fused))
         self.dropout = Dropout(config.dropout, rng)  # on the attention weights
-        self.attend = fast.attention if fused else F.attention
+        self.fused = fused
 
-    def forward(self, x: Tensor, causal: bool) -> Tensor:
+    def mix(self, x: Tensor, causal: bool) -> Tensor:
+        """The heads' outputs, side by side, before the output projection: (B, T, D)."""
         B, T, D = x.shape
         H = self.n_heads
+        if self.fused and not (self.training and self.dropout.p):  # one primitive
+            return fast.self_attention(x, *(
+                (lin.weight, lin.bias) for lin in (self.self.query, self.self.key,
+                                                   self.self.value)), H, causal)
 
         def heads(t: Tensor) -> Tensor:  # (B, T, D) -> (B, H, T, D/H)
             return t.reshape(B, T, H, D // H).transpose(0, 2, 1, 3)
 
         q, k, v = heads(self.self.query(x)), heads(self.self.key(x)), heads(self.self.value(x))
-        # softmax(q k^T / sqrt(D/H)) v per head; fused, unless dropout needs the weights
-        mixed = self.attend(q, k, v, causal, self.dropout.p, self.training,
+        # softmax(q k^T / sqrt(D/H)) v per head, dropout on the weights
+        mixed = F.attention(q, k, v, causal, self.dropout.p, self.training,
                             self.dropout.rng)  # (B, H, T, D/H)
-        return self.output.dense(mixed.transpose(0, 2, 1, 3).reshape(B, T, D))  # (B, T, D)
+        return mixed.transpose(0, 2, 1, 3).reshape(B, T, D)
+
+    def forward(self, x: Tensor, causal: bool) -> Tensor:
+        return self.output.dense(self.mix(x, causal))  # (B, T, D)
 
 
 class Block(Module):
@@ -114,12 +122,24 @@ class Block(Module):
         self.intermediate = Namespace(dense=Linear(d, 4 * d, rng, dtype=dtype, fused=fused))
         self.output = Namespace(dense=Linear(4 * d, d, rng, dtype=dtype, fused=fused))
         self.dropout = Dropout(config.dropout, rng)
-        self.gelu = fast.gelu if fused else F.gelu
+        self.fused = fused
 
     def forward(self, x: Tensor, causal: bool) -> Tensor:
+        if self.fused and not (self.training and self.dropout.p):
+            return self._fused_forward(x, causal)
         x = x + self.dropout(self.attention(self.attention_norm(x), causal))  # (B, T, D)
-        hidden = self.gelu(self.intermediate.dense(self.ffn_norm(x)))  # (B, T, 4D)
+        hidden = F.gelu(self.intermediate.dense(self.ffn_norm(x)))  # (B, T, 4D)
         return x + self.dropout(self.output.dense(hidden))  # (B, T, D)
+
+    def _fused_forward(self, x: Tensor, causal: bool) -> Tensor:
+        """The same function, one primitive per sub-layer (no dropout to apply)."""
+        attention, intermediate, output = (self.attention.output.dense, self.intermediate.dense,
+                                           self.output.dense)
+        mixed = self.attention.mix(self.attention_norm(x), causal)  # (B, T, D)
+        x = fast.residual_linear(x, mixed, attention.weight, attention.bias)  # (B, T, D)
+        hidden = fast.linear_gelu(self.ffn_norm(x), intermediate.weight,
+                                  intermediate.bias)  # (B, T, 4D)
+        return fast.residual_linear(x, hidden, output.weight, output.bias)  # (B, T, D)
 
 
 class Transformer(Module):

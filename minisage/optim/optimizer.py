@@ -5,7 +5,9 @@ Every optimizer here is a thin loop over a :mod:`minisage.spec` rule, in two pas
 clipping factor (nothing is written, so an error leaves everything as it was); then the rule's
 ``update_into`` -- the one statement of its update -- writes into the parameters and their state
 in place. Small parameters that share a rule, an lr and a step count are updated together as flat
-arrays. The numbers are those of the pure ``rule.step``, bit for bit.
+arrays, and every flat array block by block (``BLOCK_BYTES``: all passes of the update over one
+block while it is in the cache, then the next). The numbers are those of the pure ``rule.step``,
+bit for bit: the update is elementwise, so neither batching nor blocking changes a rounding.
 
 A parameter is any object with ``.data`` (a floating-point ndarray) and ``.grad`` (an ndarray of the
 same shape, or None: such parameters are skipped, as in torch). ``params`` may be parameters,
@@ -29,6 +31,10 @@ _GROUP_KEYS = ("params", "names", "sage", "params_type")
 #: parameters up to this many entries are updated together, as flat arrays (one pass of each NumPy
 #: operation per batch instead of one per parameter)
 SMALL = 1 << 15
+#: the kernel runs over flat arrays in blocks of this many bytes per array, so that each of the
+#: update's ~15 elementwise passes reads a block of the ~8 arrays (parameter, gradient, state,
+#: scratch) from the cache, not from main memory (about 3x faster than whole 13 MB arrays)
+BLOCK_BYTES = 1 << 18
 
 
 def _is_named(entry: Any) -> bool:
@@ -217,20 +223,28 @@ class Optimizer:
 
     def _update_one(self, name: str, rule: spec.Rule, prep: Prepared,
                     traces: dict | None) -> None:
-        """One parameter, in place."""
-        old = np.array(prep.param, copy=True) if traces is not None else None
-        trace = {} if traces is not None else None
-        g = prep.grad if prep.clip is None else prep.clipped_grad(
-            out=self._scratch.get(0, prep.grad))
-        rule.update_into(prep.param, g, prep.state, prep.t, prep.lr, self._scratch, trace)
+        """One parameter, in place: its arrays as flat views, updated block by block."""
+        p, keys = prep.param, rule.array_keys
+        if not (p.flags.c_contiguous and all(prep.state[k].flags.c_contiguous for k in keys)):
+            # another memory order (rare): the whole tensor as one block
+            g = prep.clipped_grad(out=self._scratch.get(0, prep.grad))
+            old = np.array(p, copy=True) if traces is not None else None
+            trace = {} if traces is not None else None
+            rule.update_into(p, g, prep.state, prep.t, prep.lr, self._scratch, trace)
+            if traces is not None:
+                traces[name] = _finish_trace(trace, prep.lr, p, old)
+            return
+        flat_state = {k: prep.state[k].reshape(-1) for k in keys}
+        trace = self._update_flat(rule, p.reshape(-1), prep.grad.reshape(-1), flat_state,
+                                  prep, prep.clip, traces is not None)
         if traces is not None:
-            traces[name] = _finish_trace(trace, prep.lr, prep.param, old)
+            traces[name] = {k: v if k == "lr" else v.reshape(p.shape) for k, v in trace.items()}
 
     def _update_batch(self, batch: list[tuple[str, spec.Rule, Prepared]],
                       traces: dict | None) -> None:
         """Small parameters sharing a rule, an lr and a step count: concatenated into flat arrays,
-        updated in one call of the kernel, copied back (elementwise, so the numbers are those of
-        one call per parameter)."""
+        updated together, copied back (elementwise, so the numbers are those of one call per
+        parameter)."""
         _, rule, first = batch[0]
         preps = [prep for _, _, prep in batch]
         bounds = np.cumsum([0] + [prep.param.size for prep in preps]).tolist()
@@ -249,19 +263,43 @@ class Optimizer:
         keys = rule.array_keys
         flat_state = {k: gather(2 + i, [prep.state[k] for prep in preps])
                       for i, k in enumerate(keys)}
-        old = np.array(flat_p, copy=True) if traces is not None else None
-        trace = {} if traces is not None else None
-        rule.update_into(flat_p, flat_g, flat_state, first.t, first.lr, self._scratch, trace)
+        flat_trace = self._update_flat(rule, flat_p, flat_g, flat_state, first, None,
+                                       traces is not None)
         for prep, a, b in zip(preps, bounds, bounds[1:]):
             shape = prep.param.shape
             prep.param[...] = flat_p[a:b].reshape(shape)
             for k in keys:
                 prep.state[k][...] = flat_state[k][a:b].reshape(shape)
         if traces is not None:
-            flat_trace = _finish_trace(trace, first.lr, flat_p, old)
             for (name, _, prep), a, b in zip(batch, bounds, bounds[1:]):
                 traces[name] = {k: v if k == "lr" else v[a:b].reshape(prep.param.shape)
                                 for k, v in flat_trace.items()}
+
+    def _update_flat(self, rule: spec.Rule, p: np.ndarray, g: np.ndarray,
+                     state: dict[str, np.ndarray], prep: Prepared, clip: Any,
+                     record: bool) -> dict | None:
+        """The kernel over flat arrays (``p`` and ``state`` written in place), one block of
+        ``BLOCK_BYTES`` per array at a time: every line of the update runs on a block while it is
+        in the cache, then the next block. Elementwise, so the numbers are those of one call over
+        the whole arrays, bit for bit. Returns the trace (flat) when ``record``."""
+        size = max(1, BLOCK_BYTES // p.itemsize)
+        old = np.array(p, copy=True) if record else None
+        pieces: list[dict] = []
+        for a in range(0, max(p.size, 1), size):  # an empty tensor: one empty block
+            b = a + size
+            g_block = g[a:b]
+            if clip is not None:
+                # g = g * c   (per tensor)
+                g_block = np.multiply(g_block, clip, out=self._scratch.get(0, g_block))
+            trace = {} if record else None
+            rule.update_into(p[a:b], g_block, {k: s[a:b] for k, s in state.items()}, prep.t,
+                             prep.lr, self._scratch, trace)
+            if record:
+                pieces.append(trace)
+        if not record:
+            return None
+        trace = {k: np.concatenate([piece[k] for piece in pieces]) for k in pieces[0]}
+        return _finish_trace(trace, prep.lr, p, old)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear the gradients: set them to None (default, as torch) or fill them with zeros."""

@@ -23,8 +23,9 @@ class _Namespace(nn.Module):
 
 
 class _SelfAttention(nn.Module):
-    def __init__(self, config: TransformerConfig):
+    def __init__(self, config: TransformerConfig, sdpa: bool):
         super().__init__()
+        self.sdpa = sdpa
         d = config.d_model
         self.n_heads = config.n_heads
         self.self = _Namespace(query=nn.Linear(d, d), key=nn.Linear(d, d), value=nn.Linear(d, d))
@@ -39,22 +40,26 @@ class _SelfAttention(nn.Module):
             return t.reshape(B, T, H, D // H).transpose(1, 2)
 
         q, k, v = heads(self.self.query(x)), heads(self.self.key(x)), heads(self.self.value(x))
-        # scores = q k^T / sqrt(d_head)
-        scores = (q @ k.transpose(-2, -1)) * (1 / math.sqrt(D // H))  # (B, H, T, T)
-        if causal:
-            future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
-            scores = scores.masked_fill(future, -math.inf)
-        weights = self.dropout(torch.softmax(scores, dim=-1))  # (B, H, T, T)
-        mixed = (weights @ v).transpose(1, 2).reshape(B, T, D)  # (B, T, D)
-        return self.output.dense(mixed)
+        if self.sdpa:  # torch's fused kernel: softmax(q k^T / sqrt(d_head)) v, dropout inside
+            mixed = TF.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.dropout.p if self.training else 0.0, is_causal=causal)
+        else:
+            # scores = q k^T / sqrt(d_head)
+            scores = (q @ k.transpose(-2, -1)) * (1 / math.sqrt(D // H))  # (B, H, T, T)
+            if causal:
+                future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+                scores = scores.masked_fill(future, -math.inf)
+            weights = self.dropout(torch.softmax(scores, dim=-1))  # (B, H, T, T)
+            mixed = weights @ v  # (B, H, T, D/H)
+        return self.output.dense(mixed.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
 
 
 class _Block(nn.Module):
-    def __init__(self, config: TransformerConfig):
+    def __init__(self, config: TransformerConfig, sdpa: bool):
         super().__init__()
         d = config.d_model
         self.attention_norm = nn.LayerNorm(d, eps=1e-5)
-        self.attention = _SelfAttention(config)
+        self.attention = _SelfAttention(config, sdpa)
         self.ffn_norm = nn.LayerNorm(d, eps=1e-5)
         self.intermediate = _Namespace(dense=nn.Linear(d, 4 * d))
         self.output = _Namespace(dense=nn.Linear(4 * d, d))
@@ -71,17 +76,20 @@ class TorchTransformer(nn.Module):
     names and layouts (Linear weights ``(out, in)``), same methods (``forward`` -> hidden states,
     ``lm_logits``, ``classify_logits``) and the same ``config``. Build one with :func:`to_torch`.
 
-    Dropout uses torch's own generator, so with ``dropout > 0`` in training mode its masks differ
-    from minisage's; everything else agrees to rounding error.
+    ``sdpa`` (default True) computes attention with ``torch.nn.functional.
+    scaled_dot_product_attention``, torch's fastest path; False spells it out (scores, mask,
+    softmax, dropout, product), as minisage's reference form does. Dropout uses torch's own
+    generator, so with ``dropout > 0`` in training mode its masks differ from minisage's;
+    everything else agrees to rounding error.
     """
 
-    def __init__(self, config: TransformerConfig):
+    def __init__(self, config: TransformerConfig, sdpa: bool = True):
         super().__init__()
         self.config = config
         d = config.d_model
         self.embeddings = _Namespace(word=nn.Embedding(config.vocab_size, d),
                                      position=nn.Embedding(config.max_len, d))
-        self.blocks = nn.ModuleList([_Block(config) for _ in range(config.n_layers)])
+        self.blocks = nn.ModuleList([_Block(config, sdpa) for _ in range(config.n_layers)])
         self.final_norm = nn.LayerNorm(d, eps=1e-5)
         self.lm_head = nn.Linear(d, config.vocab_size)
         if config.num_classes:
@@ -119,18 +127,19 @@ class TorchTransformer(nn.Module):
 
 
 def to_torch(model: Transformer, *, device: str | torch.device | None = None,
-             dtype: str | torch.dtype | None = None) -> TorchTransformer:
+             dtype: str | torch.dtype | None = None, sdpa: bool = True) -> TorchTransformer:
     """A :class:`TorchTransformer` with ``model``'s architecture and a copy of its weights.
 
     ``dtype`` defaults to the model's own (``model.config.dtype``); ``device`` to the CPU. The
-    twin is in the same train/eval mode as ``model``. Raises ValueError if ``model`` is not a
+    twin is in the same train/eval mode as ``model``; ``sdpa`` picks its attention (see
+    :class:`TorchTransformer`). Raises ValueError if ``model`` is not a
     minisage Transformer or if its parameter names do not map one to one.
     """
     if not isinstance(model, Transformer):
         raise ValueError(f"to_torch: expected a minisage Transformer, got {type(model).__name__}")
     dev = resolve_device(device)
     dt = resolve_dtype(model.config.dtype if dtype is None else dtype)
-    twin = TorchTransformer(model.config)
+    twin = TorchTransformer(model.config, sdpa=sdpa)
     ours = dict(model.named_parameters())
     theirs = dict(twin.named_parameters())
     if list(ours) != list(theirs):
