@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from minisage import optim, spec
+from minisage.nn import Parameter
 from minisage.spec import split
 
 CLASSES = {"sgd": optim.SGD, "adam": optim.Adam, "adamw": optim.AdamW, "adamax": optim.Adamax,
@@ -320,3 +321,14 @@ def test_clip_grad_norm_in_place():
     total = optim.clip_grad_norm_([a, ("b", b), c], 1.0)
     assert total == pytest.approx(5.0) and a.grad is ga
     np.testing.assert_allclose(np.r_[a.grad, b.grad], [3 / (5 + 1e-6), 0, 4 / (5 + 1e-6)])
+
+
+def test_a_split_that_selects_no_parameter_warns_or_refuses():
+    named = [("encoder.q_lin.weight", Parameter(np.ones((2, 2)))),
+             ("encoder.ffn.lin1.weight", Parameter(np.ones((2, 2))))]
+    with pytest.warns(split.NoSageWarning, match="selects none of the 2 parameters.*distilbert"):
+        groups = optim.sage_param_groups(named)
+    assert not any(g["sage"] for g in groups)
+    with pytest.raises(ValueError, match="selects none"):
+        optim.sage_param_groups(named, on_no_sage="raise")
+    assert any(g["sage"] for g in optim.sage_param_groups(named, sage_patterns="distilbert"))

@@ -16,7 +16,8 @@ class           groups with sage=False       groups with sage=True        defaul
 
 Hyperparameter names and defaults are the spec preset's (``minisage.spec.defaults(name)``). The
 official split -- SAGE on attention and feed-forward weights, the plain rule elsewhere -- is one
-call (:func:`minisage.spec.split.sage_param_groups`, re-exported here)::
+call (:func:`sage_param_groups`: the split of :mod:`minisage.spec.split`, warning when it
+selects nothing)::
 
     groups = sage_param_groups(model.named_parameters(), lr=1e-4)
     opt = AdamWSAGE(groups, lr=1e-4, record=True)
@@ -33,7 +34,7 @@ import numpy as np
 
 from minisage import spec
 from minisage.optim.optimizer import Optimizer
-from minisage.spec.split import sage_param_groups
+from minisage.spec import split
 
 
 class SGD(Optimizer):
@@ -137,6 +138,18 @@ def make(preset: str, params: Iterable[Any], *, record: bool = False,
     default to SAGE; for a plain preset every group is plain.
     """
     return optimizer_class(preset)(params, record=record, **hparams)
+
+
+def sage_param_groups(named_parameters: Iterable[tuple[str, Any]], *, on_no_sage: str = "warn",
+                      **split_options: Any) -> list[dict[str, Any]]:
+    """The official split (:func:`minisage.spec.split.sage_param_groups`, same options) of
+    ``model.named_parameters()``; a split that gives no parameter SAGE warns by default
+    (``on_no_sage``: ``"warn"``, ``"raise"`` or ``"ignore"``), since the run would then equal the
+    plain preset's to the last digit. Empty ``sage_patterns`` ask for no SAGE: no warning."""
+    if "sage_patterns" in split_options and not split_options.get("sage_select") and not (
+            split.resolve_patterns(split_options["sage_patterns"])):
+        on_no_sage = "ignore"
+    return split.sage_param_groups(named_parameters, on_no_sage=on_no_sage, **split_options)
 
 
 def clip_grad_norm_(params: Iterable[Any], max_norm: float) -> float:
