@@ -145,12 +145,14 @@ def _sqrt(x):
     return math.sqrt(x) if isinstance(x, float) else torch.sqrt(x)
 
 
-def _scalars(values: list):
-    """Per-tensor factors for ``_foreach_addcmul_`` / ``_foreach_addcdiv_``: the floats
-    themselves, or (compiled) the 0-d tensors stacked into one tensor."""
-    if all(isinstance(v, (int, float)) for v in values):
-        return [float(v) for v in values]
-    return torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values])
+def _add_product(op, P: list, A: list, B: list, factors: list) -> None:  # noqa: N803
+    """``p = p + factor * op(a, b)`` for each tensor, ``op`` being ``torch._foreach_addcdiv_``
+    (``a / b``) or ``torch._foreach_addcmul_`` (``a * b``), with per-tensor factors: floats (one
+    fused pass), or 0-d tensors when compiling (they scale a copy of ``a`` first)."""
+    if all(isinstance(f, (int, float)) for f in factors):
+        op(P, A, B, [float(f) for f in factors])
+    else:
+        op(P, torch._foreach_mul(A, factors), B)
 
 
 def _neg(values: list) -> list:
@@ -250,6 +252,13 @@ class SpecOptimizer(torch.optim.Optimizer):
                 raise TypeError(f"{type(self).__name__}: parameters must be floating point, "
                                 f"got dtype {p.dtype}")
         super().add_param_group(group)
+        self._init_states(self.param_groups[-1])
+
+    def _init_states(self, group) -> None:
+        """Every parameter's state, made now rather than at its first step: a compiled step then
+        finds the same state at every call (no recompilation after the first)."""
+        for p in group["params"]:
+            self._state_of(p, group)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         if not isinstance(group["sage"], (bool, np.bool_)):
@@ -298,6 +307,8 @@ class SpecOptimizer(torch.optim.Optimizer):
                 for key, value in state_dict["state"][pid].items():
                     if key != "step" and isinstance(value, torch.Tensor):
                         self.state[p][key] = value.to(device=p.device, dtype=torch.float32)
+        for group in self.param_groups:
+            self._init_states(group)
 
     def _workspace(self, params: list, like: list) -> _Workspace:
         """Room for the kernel's temporaries, shaped like ``like``. On the CPU they are kept
@@ -314,7 +325,10 @@ class SpecOptimizer(torch.optim.Optimizer):
 
     def _names(self, group) -> list[str]:
         names = group.get("param_names")
-        return list(names) if names else [f"{i} of its group" for i in range(len(group["params"]))]
+        if names:
+            return list(names)
+        index = next(i for i, g in enumerate(self.param_groups) if g is group)
+        return [f"{i} of group {index}" for i in range(len(group["params"]))]
 
     def _gradients(self) -> list[tuple[dict, list, list, list]]:
         """``(group, params, grads, names)`` of the parameters that have a gradient."""
@@ -373,6 +387,11 @@ class SpecOptimizer(torch.optim.Optimizer):
         it = iter(values)
         return [[next(it) for _ in ns] for ns in norms]
 
+    @torch.compiler.disable
+    def _check_finite_eagerly(self, work, norms) -> None:
+        """:meth:`_check_finite` outside a compiled graph (it syncs and may raise)."""
+        self._check_finite(work, norms)
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):
         """One update of every parameter that has a gradient. Returns ``closure()`` if given."""
@@ -384,8 +403,11 @@ class SpecOptimizer(torch.optim.Optimizer):
         if not work:
             return loss
         norms = self._norms(work)
-        if self.check_finite and not torch.compiler.is_compiling():
-            norms = self._check_finite(work, norms)
+        if self.check_finite:
+            if torch.compiler.is_compiling():
+                self._check_finite_eagerly(work, norms)  # the step's one graph break
+            else:
+                norms = self._check_finite(work, norms)
         for (group, ps, gs, _), group_norms in zip(work, norms):
             states = [self._state_of(p, group) for p in ps]
             chunks = self._chunks(ps, states)
@@ -506,10 +528,10 @@ class AdamWSAGE(SpecOptimizer):
                                  tmp(1), tmp(2))
             # p = p - (m / denom) * (s * r)           (as p - s * (r * m) / denom)
             torch._foreach_mul_(r, M)
-            torch._foreach_addcdiv_(P, r, D, _scalars(_neg(s)))
+            _add_product(torch._foreach_addcdiv_, P, r, D, _neg(s))
         else:
             # p = p - s * m / denom
-            torch._foreach_addcdiv_(P, M, D, _scalars(_neg(s)))
+            _add_product(torch._foreach_addcdiv_, P, M, D, _neg(s))
         if group["weight_decay"] > 0:
             # p = p - lr * weight_decay * p      (base lr: unscheduled by a torch scheduler)
             base_lr = group.get("initial_lr", group["lr"])
@@ -569,7 +591,7 @@ class AdamaxSAGE(SpecOptimizer):
              for t in counts]
         if group["sage"]:
             # p = p - (s * r) * update
-            torch._foreach_addcmul_(P, r, update, _scalars(_neg(s)))
+            _add_product(torch._foreach_addcmul_, P, r, update, _neg(s))
         else:
             # p = p - s * update
             torch._foreach_mul_(update, s)
@@ -619,16 +641,17 @@ class AdamSAGE(SpecOptimizer):
         # v = beta2 * v + (1 - beta2) * g * g
         torch._foreach_mul_(V, b2)
         torch._foreach_addcmul_(V, G, G, 1 - b2)
-        # denom = sqrt(v) / sqrt(1 - beta2^t) + eps
+        # denom = sqrt(v) / sqrt(1 - beta2^t) + eps, kept as denom * sqrt(1 - beta2^t) =
+        # sqrt(v) + eps * sqrt(1 - beta2^t) (one pass less; the factor moves to step_size)
+        root2 = [_sqrt(1 - b2**t) for t in ts]
         D = _into(torch.sqrt, tmp(0), V)  # noqa: N806
-        torch._foreach_div_(D, [_sqrt(1 - b2**t) for t in ts])
-        torch._foreach_add_(D, group["eps"])
-        # step_size = lr_t / (1 - beta1^t)
-        step_size = [lr_t / (1 - b1**t) for t in ts]
+        torch._foreach_add_(D, [group["eps"] * c for c in root2])
+        # step_size = lr_t / (1 - beta1^t)        (times sqrt(1 - beta2^t), see denom)
+        step_size = [lr_t / (1 - b1**t) * c for t, c in zip(ts, root2)]
         if group["sage"]:
             # p = p - step_size * r * m / denom
             torch._foreach_mul_(r, M)
-            torch._foreach_addcdiv_(P, r, D, _scalars(_neg(step_size)))
+            _add_product(torch._foreach_addcdiv_, P, r, D, _neg(step_size))
         else:
             # p = p - step_size * m / denom
-            torch._foreach_addcdiv_(P, M, D, _scalars(_neg(step_size)))
+            _add_product(torch._foreach_addcdiv_, P, M, D, _neg(step_size))
