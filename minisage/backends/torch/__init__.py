@@ -28,12 +28,20 @@ from __future__ import annotations
 
 from minisage.backends.torch.devices import resolve_device, resolve_dtype
 from minisage.backends.torch.golden import golden_step_functions
-from minisage.backends.torch.optimizers import AdamaxSAGE, AdamSAGE, AdamWSAGE, sage_param_groups
+from minisage.backends.torch.optimizers import (
+    AdamaxSAGE,
+    AdamSAGE,
+    AdamWSAGE,
+    block_linear_names,
+    sage_param_groups,
+    structural_param_groups,
+)
 from minisage.backends.torch.twin import TorchTransformer, to_torch
 from minisage.spec.split import DEFAULT_NO_DECAY_PATTERNS, NO_DECAY_PATTERNS, SAGE_PATTERNS
 
 __all__ = [
-    "AdamWSAGE", "AdamaxSAGE", "AdamSAGE", "sage_param_groups", "SAGE_PATTERNS",
+    "AdamWSAGE", "AdamaxSAGE", "AdamSAGE", "sage_param_groups", "structural_param_groups",
+    "block_linear_names", "SAGE_PATTERNS",
     "NO_DECAY_PATTERNS", "DEFAULT_NO_DECAY_PATTERNS", "to_torch", "TorchTransformer",
     "resolve_device", "resolve_dtype", "golden_step_functions",
 ]

@@ -434,7 +434,9 @@ class SpecOptimizer(torch.optim.Optimizer):
         G = [g.to(work_dtype) if g.dtype != work_dtype else g for g in gs]  # noqa: N806
         steps = [st["step"] for st in states]
         if torch.compiler.is_compiling():
-            counts = list(steps)  # 0-d tensors: a compiled step is not specialised on them
+            # 0-d tensors (a compiled step is not specialised on them), in float64 as the
+            # eager step's Python floats: 1 - beta2^t cancels, float32 would keep ~4 digits
+            counts = [s.to(torch.float64) for s in steps]
         else:
             counts = [int(s.item()) for s in steps]  # CPU tensors: no device sync
         tmp = self._workspace(ps, P)
