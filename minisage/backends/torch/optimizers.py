@@ -367,7 +367,8 @@ class SpecOptimizer(torch.optim.Optimizer):
     def _check_finite(self, work, norms) -> list[list[float]]:
         """The norms as floats (one device sync), after checking that every gradient is finite
         (FloatingPointError naming the first parameter that is not; nothing has changed yet)."""
-        flat = [n for ns in norms for n in ns]
+        # a DTensor's norm (FSDP2) comes whole to every rank: every rank steps, in one order
+        flat = [n.full_tensor() if hasattr(n, "full_tensor") else n for ns in norms for n in ns]
         if len({(n.device, n.dtype) for n in flat}) == 1:
             values = torch.stack(flat).tolist()  # one device sync
         else:
