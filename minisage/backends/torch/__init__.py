@@ -12,15 +12,20 @@ The equations are in each spec rule's docstring (``help(minisage.spec.rule_class
 docs/spec.md sections 2 to 4. Usage, with the official split (SAGE on attention and feed-forward
 weights and biases only)::
 
-    from minisage.backends.torch import AdamWSAGE, sage_param_groups
-    groups = sage_param_groups(model.named_parameters(), weight_decay=0.01)
+    from minisage.backends.torch import AdamWSAGE, sage_param_groups, structural_param_groups
+    groups = sage_param_groups(model.named_parameters(), weight_decay=0.01)   # BERT names
+    groups = sage_param_groups(model.named_parameters(), sage_patterns="llama")
+    groups = structural_param_groups(model)            # any architecture, by module type
     opt = AdamWSAGE(groups, lr=5e-4, beta3=0.75, max_grad_norm=-1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / 100))
     ...; loss.backward(); opt.step(); sched.step(); opt.zero_grad()
 
-Modules: :mod:`~minisage.backends.torch.optimizers` (the optimizers, schedules and state),
+Half precision, speed, ``torch.compile`` and several processes: docs/backends.md.
+
+Modules: :mod:`~minisage.backends.torch.optimizers` (the optimizers, param groups, state),
 :mod:`~minisage.backends.torch.twin` (:func:`to_torch`, :class:`TorchTransformer`),
 :mod:`~minisage.backends.torch.golden` (the step functions ``minisage crosscheck`` runs),
+:mod:`~minisage.backends.torch.timing` (step times against ``torch.optim.AdamW``),
 :mod:`~minisage.backends.torch.devices`.
 """
 
