@@ -30,12 +30,7 @@ OPTIMIZERS = [(tb.AdamWSAGE, {"lr": 1e-2}), (tb.AdamaxSAGE, {"lr": 1e-2}),
 IDS = [c.__name__ for c, _ in OPTIMIZERS]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- drawn cases: the hypothesis helper of minisage.testing ---------------------------------------

@@ -255,10 +255,12 @@ class SpecOptimizer(torch.optim.Optimizer):
         self._init_states(self.param_groups[-1])
 
     def _init_states(self, group) -> None:
-        """Every parameter's state, made now rather than at its first step: a compiled step then
-        finds the same state at every call (no recompilation after the first)."""
+        """Every trainable parameter's state, made now rather than at its first step: a compiled
+        step then finds the same state at every call (no recompilation after the first). A frozen
+        parameter (``requires_grad=False``) gets its state if it ever has a gradient."""
         for p in group["params"]:
-            self._state_of(p, group)
+            if p.requires_grad:
+                self._state_of(p, group)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         if not isinstance(group["sage"], (bool, np.bool_)):
