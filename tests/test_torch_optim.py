@@ -51,51 +51,58 @@ def test_drawn_cases_one_tensor_at_a_time(impl, preset, fn):
 
 # -- half precision ------------------------------------------------------------------------------
 
-def _half_params(dtype, steps=3, seed=0):
+def _half_params(dtype, steps=3, seed=0, device="cpu"):
     """A weight of order one and an all-zero bias (as in every model built from a config), and
     per step tiny gradients (1e-6: below float16's normal range), in ``dtype``."""
     rng = np.random.default_rng(seed)
-    weight = torch.tensor(rng.standard_normal((4, 3)), dtype=dtype)
-    bias = torch.zeros(3, dtype=dtype)
-    grads = [[torch.tensor(1e-6 * rng.standard_normal(s), dtype=dtype) for s in ((4, 3), (3,))]
-             for _ in range(steps)]
+    weight = torch.tensor(rng.standard_normal((4, 3)), dtype=dtype, device=device)
+    bias = torch.zeros(3, dtype=dtype, device=device)
+    grads = [[torch.tensor(1e-6 * rng.standard_normal(s), dtype=dtype, device=device)
+              for s in ((4, 3), (3,))] for _ in range(steps)]
     return [torch.nn.Parameter(weight), torch.nn.Parameter(bias)], grads
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs an NVIDIA GPU"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 @pytest.mark.parametrize("cls,hp", OPTIMIZERS, ids=IDS)
-def test_half_precision_steps_are_finite_and_agree_with_the_float32_spec(cls, hp, dtype):
+def test_half_precision_steps_are_finite_and_agree_with_the_float32_spec(cls, hp, dtype,
+                                                                          device):
     """Three steps from zero biases and tiny gradients: every parameter is finite and equals the
     float32 spec step from the same (widened) inputs, rounded to ``dtype``: within u of the half
     dtype (the final rounding) plus a few float32 roundings; the float32 state agrees to float32
     precision."""
-    params, stream = _half_params(dtype)
+    params, stream = _half_params(dtype, device=device)
     opt = cls(params, **{**hp, "lr": 0.1})  # updates above the half dtype's resolution
     rule = spec.make(opt.presets[0], **{k: v for k, v in opt.param_groups[0].items()
                                         if k in spec.defaults(opt.presets[0])})
     u = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}[dtype]
     for grads in stream:
-        before = [(p.detach().float().numpy(), g.float().numpy()) for p, g in zip(params, grads)]
-        states = [{k: (int(v) if k == "step" else v.numpy().copy())
+        before = [(p.detach().float().cpu().numpy(), g.float().cpu().numpy())
+                  for p, g in zip(params, grads)]
+        states = [{k: (int(v) if k == "step" else v.cpu().numpy().copy())
                    for k, v in opt.state[p].items()} for p in params]
         for p, g in zip(params, grads):
             p.grad = g
         opt.step()
         for p, (p32, g32), st in zip(params, before, states):
             expected, expected_state, _ = rule.step(p32, g32, st)
-            got = p.detach().float().numpy()
+            got = p.detach().float().cpu().numpy()
             assert np.all(np.isfinite(got))
             assert p.dtype == dtype and opt.state[p]["exp_avg"].dtype == torch.float32
             np.testing.assert_allclose(got, expected, rtol=u + 1e-6, atol=0)
             for key in rule.array_keys:
-                value = opt.state[p][key].numpy()
+                value = opt.state[p][key].cpu().numpy()
                 scale = np.max(np.abs(expected_state[key]))
                 np.testing.assert_allclose(value, expected_state[key], rtol=1e-6,
                                            atol=1e-6 * scale, err_msg=key)
     # the weight moved; the zero bias did not: I = |0 * g| = 0, so r = 0 there (the spec)
-    assert not np.allclose(params[0].detach().float().numpy(), _half_params(dtype)[0][0]
+    assert not np.allclose(params[0].detach().float().cpu().numpy(), _half_params(dtype)[0][0]
                            .detach().float().numpy())
-    assert not np.any(params[1].detach().float().numpy())
+    assert not torch.any(params[1])
 
 
 def test_float16_statistics_would_not_be_finite():

@@ -439,7 +439,7 @@ class SpecOptimizer(torch.optim.Optimizer):
         if torch.compiler.is_compiling():
             # 0-d tensors (a compiled step is not specialised on them), in float64 as the
             # eager step's Python floats: 1 - beta2^t cancels, float32 would keep ~4 digits
-            counts = [s.to(torch.float64) for s in steps]
+            counts = [s.to(device=ps[0].device, dtype=torch.float64) for s in steps]
         else:
             counts = [int(s.item()) for s in steps]  # CPU tensors: no device sync
         tmp = self._workspace(ps, P)
