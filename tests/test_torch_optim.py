@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import io
+import pickle
 import warnings
 
 import numpy as np
@@ -244,6 +245,10 @@ def test_one_tensor_at_a_time_equals_the_multi_tensor_path(cls, hp):
             opt.step()
     for a, b in zip(twin.parameters(), other.parameters()):
         assert torch.equal(a, b)
+    # pickled: the options survive, the buffers kept between steps are left behind
+    assert pickle.loads(pickle.dumps(opts[1])).foreach is False
+    assert "_buffers" in vars(opts[0]) and "_buffers" not in vars(pickle.loads(pickle.dumps(
+        opts[0])))
 
 
 # -- torch.compile -------------------------------------------------------------------------------

@@ -235,6 +235,12 @@ class SpecOptimizer(torch.optim.Optimizer):
         defaults = {**rule.hparams, "sage": sage}
         super().__init__(params, defaults)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # torch pickles defaults, state and param_groups only; the options come along (the
+        # buffers kept between steps do not)
+        return {**super().__getstate__(), "foreach": self.foreach,
+                "check_finite": self.check_finite}
+
     # -- groups ----------------------------------------------------------------------------------
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
