@@ -251,6 +251,33 @@ def test_one_tensor_at_a_time_equals_the_multi_tensor_path(cls, hp):
         opts[0])))
 
 
+@pytest.mark.parametrize("cls,hp", OPTIMIZERS, ids=IDS)
+def test_tensors_cut_into_pieces_or_not_match_the_spec(cls, hp):
+    """A tensor larger than a piece (cut into ranges), a non-contiguous one (updated whole) and a
+    small one share a chunk; two float64 steps, clipping active, agree with the spec."""
+    rng = np.random.default_rng(4)
+    big = torch.nn.Parameter(torch.tensor(rng.standard_normal((700, 400))))
+    assert big.numel() > tb.optimizers.BLOCK
+    strided = torch.nn.Parameter(torch.tensor(rng.standard_normal((5, 7))).t())
+    small = torch.nn.Parameter(torch.tensor(rng.standard_normal(3)))
+    params = [big, strided, small]
+    opt = cls(params, **{**hp, **({"max_grad_norm": 0.5} if cls is not tb.AdamSAGE else {})})
+    rule = spec.make(opt.presets[0], **{k: v for k, v in opt.param_groups[0].items()
+                                        if k in spec.defaults(opt.presets[0])})
+    expected = [(p.detach().numpy().copy(), rule.init(p.detach().numpy())) for p in params]
+    for _ in range(2):
+        for j, p in enumerate(params):
+            g = rng.standard_normal(p.shape)
+            p.grad = torch.tensor(g)
+            new, st, _ = rule.step(expected[j][0], g, expected[j][1])
+            expected[j] = (new, st)
+        opt.step()
+    for p, (want, st) in zip(params, expected):
+        np.testing.assert_allclose(p.detach().numpy(), want, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(opt.state[p]["exp_avg"].numpy(), st["exp_avg"], rtol=1e-12,
+                                   atol=1e-15)
+
+
 # -- torch.compile -------------------------------------------------------------------------------
 
 def _compiled_run(cls, hp, check_finite, fullgraph):
