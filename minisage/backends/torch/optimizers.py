@@ -10,9 +10,11 @@ hypothesis (:func:`minisage.testing.check_random`). What is specific to torch:
 
 - speed: the multi-tensor path (``foreach=True``, the default) uses fused ``lerp_``,
   ``addcmul_`` and ``addcdiv_`` where the spec writes two operations (a different rounding, not
-  a different value); ``foreach=False`` runs the same kernel one parameter at a time (less
-  temporary memory: the SAGE kernel holds three temporaries per tensor it updates at once).
-  :mod:`minisage.backends.torch.timing` measures both against ``torch.optim.AdamW``;
+  a different value). On the CPU it runs on pieces of at most ``BLOCK`` elements, so that the
+  temporaries stay in the cache; ``foreach=False`` runs the same kernel one parameter at a time
+  (bit for bit the same numbers). On a GPU a chunk's temporaries are allocated whole (three per
+  SAGE parameter at most). :mod:`minisage.backends.torch.timing` measures the step against
+  ``torch.optim.AdamW``;
 - half precision: for float16 and bfloat16 parameters every statistic (the moments and SAGE's
   ``I``, ``Ibar``, ``U``, ``r``) is computed and kept in float32, and only the new parameter is
   rounded back. float16 cannot hold SAGE's ``eps**2`` (1e-12 rounds to 0), its sensitivities
