@@ -12,6 +12,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from torch_threads import one_torch_thread  # noqa: E402, F401 (autouse)
+
 import minisage.functional as F  # noqa: E402
 from minisage import spec, testing  # noqa: E402
 from minisage.backends import torch as tb  # noqa: E402
@@ -24,7 +26,6 @@ FUNCTIONS = tb.golden_step_functions("cpu")
 CUDA = torch.cuda.is_available()
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- every golden case, through every implementation ---------------------------------------------

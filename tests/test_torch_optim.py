@@ -18,6 +18,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from torch_threads import one_torch_thread  # noqa: E402, F401 (autouse)
+
 from minisage import spec, testing  # noqa: E402
 from minisage.backends import torch as tb  # noqa: E402
 from minisage.backends.torch import timing  # noqa: E402
@@ -31,7 +33,6 @@ OPTIMIZERS = [(tb.AdamWSAGE, {"lr": 1e-2}), (tb.AdamaxSAGE, {"lr": 1e-2}),
 IDS = [c.__name__ for c, _ in OPTIMIZERS]
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- drawn cases: the hypothesis helper of minisage.testing ---------------------------------------
