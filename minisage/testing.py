@@ -540,11 +540,14 @@ def check_random(step_fn: StepFn, preset: str, *, max_examples: int | None = Non
     ``step_fn`` has :func:`check_case`'s signature. ``max_examples`` (default: the loaded
     hypothesis profile's) cases are drawn; the first failure is shrunk and reported with the
     whole case (:func:`check_drawn`). The current hypothesis settings profile applies otherwise
-    (e.g. ``derandomize`` in CI); the deadline is off (a backend's first call may compile).
+    (e.g. ``derandomize`` in CI); the deadline is off (a backend's first call may compile) and
+    no example database is kept.
     """
     from hypothesis import given, settings
 
-    options = {"deadline": None}
+    # no example database: one inner function serves every preset and backend, so saved
+    # examples would be replayed against the wrong strategy; a failure prints the whole case
+    options = {"deadline": None, "database": None}
     if max_examples is not None:
         options["max_examples"] = max_examples
 

@@ -12,6 +12,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from torch_threads import one_torch_thread  # noqa: E402, F401 (autouse)
+
 import minisage.functional as F  # noqa: E402
 from minisage import spec, testing  # noqa: E402
 from minisage.backends import torch as tb  # noqa: E402
@@ -24,13 +26,6 @@ FUNCTIONS = tb.golden_step_functions("cpu")
 CUDA = torch.cuda.is_available()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: torch's intra-op threads only cost time (much of it on a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # -- every golden case, through every implementation ---------------------------------------------
@@ -61,6 +56,24 @@ def test_crosscheck_detects_a_mismatch():
                                                                                      "float64"))
 
 
+def test_crosscheck_bfloat16_mode_passes_and_detects_a_mismatch(capsys):
+    assert main(["crosscheck", "--backend", "torch", "--dtype", "bfloat16", "--preset",
+                 "adamw-sage", "--preset", "sgd"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if "bfloat16" in line
+            and line.split()[0] in ("AdamWSAGE", "torch.optim.SGD")]
+    assert len(rows) == 2 and all(r[-1] == "ok" and float(r[-2]) == 0.016 for r in rows)
+    impl, preset, fn = next(f for f in tb.golden_step_functions("cpu", param_dtype="bfloat16")
+                            if f[1] == "adamax-sage")
+
+    def off_by_8u(param, grad, state, lr, hparams):  # a relative error of 8u: out of 4u
+        p, st = fn(param, grad, state, lr, hparams)
+        return p * (1 + 2**-5), st
+
+    assert check_implementation(impl, preset, fn, "bfloat16").ok
+    row = check_implementation(impl, preset, off_by_8u, "bfloat16")
+    assert not row.ok and row.worst > 2**-6
+
+
 def test_cli_crosscheck_prints_a_passing_table(capsys):
     argv = ["crosscheck", "--backend", "torch", "--dtype", "float64", "--preset", "adamw-sage",
             "--preset", "adamw"]
@@ -82,9 +95,10 @@ def test_cuda_unavailable_is_a_one_line_error(capsys):
 
 
 @pytest.mark.skipif(not CUDA, reason="needs an NVIDIA GPU")
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
 def test_golden_cases_on_cuda(dtype):
-    for impl, preset, fn in tb.golden_step_functions("cuda"):
+    half = dtype if dtype == "bfloat16" else None
+    for impl, preset, fn in tb.golden_step_functions("cuda", param_dtype=half):
         row = check_implementation(impl, preset, fn, dtype)
         assert row.ok, row.failure
 

@@ -1,14 +1,16 @@
 """Other frameworks' SAGE, checked against the spec (:mod:`minisage.spec`), which defines it.
 
 - :mod:`minisage.backends.torch` (extra ``torch``): ``AdamWSAGE``, ``AdamaxSAGE``, ``AdamSAGE`` as
-  ``torch.optim.Optimizer`` subclasses; ``sage_param_groups`` (the official SAGE split by
-  parameter name); ``to_torch`` (a torch twin of a minisage Transformer).
+  ``torch.optim.Optimizer`` subclasses; ``sage_param_groups`` (the SAGE split by parameter name,
+  with pattern sets for common architectures) and ``structural_param_groups`` (by module type);
+  ``to_torch`` (a torch twin of a minisage Transformer).
 - :mod:`minisage.backends.jax` (extra ``jax``): ``scale_by_sage``, ``adamw_sage``,
   ``adamax_sage``, ``adam_sage`` as optax ``GradientTransformation``s.
 
 Importing this package imports neither framework; each submodule imports its own. The command
 ``minisage crosscheck --backend torch|jax`` (:mod:`minisage.crosscheck`) runs every golden case of
-the spec through a backend and reports the worst relative error per preset.
+the spec through a backend and reports the worst relative error per preset. docs/backends.md
+covers half precision, speed, ``torch.compile`` and several processes.
 """
 
 from __future__ import annotations
