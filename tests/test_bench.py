@@ -155,3 +155,21 @@ def test_threads_are_set_for_the_run_and_restored(tmp_path):
     assert main(["bench", "--quick", "--no-torch", "--threads", "2", "--json", str(path)]) == 0
     assert json.loads(path.read_text())["environment"]["threads"] == 2
     assert bench.blas_threads() == before
+
+
+def test_cli_bench_times_the_torch_backend_against_torch_adamw(tmp_path, capsys):
+    """With torch: the torch backend's optimizers are timed beside torch.optim.AdamW's three
+    implementations, and AdamWSAGE's ratio to the default AdamW is a target."""
+    pytest.importorskip("torch")
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    saved = json.loads(path.read_text())
+    rows = {row["optimizer"]: row for row in saved["torch_backend"]}
+    assert {"AdamWSAGE", "AdamaxSAGE", "AdamSAGE", "torch.optim.AdamW (default)",
+            "torch.optim.AdamW (foreach)", "torch.optim.AdamW (fused)"} <= set(rows)
+    assert rows["torch.optim.AdamW (default)"]["over_adamw_default"] == 1.0
+    verdict = {t["target"]: t for t in saved["targets"]}
+    sage = verdict["torch backend AdamWSAGE / torch AdamW (default) step"]
+    assert sage["value"] == rows["AdamWSAGE"]["over_adamw_default"] and sage["bound"] == 2.0
+    assert "torch backend AdamWSAGE" in out and "torch.optim.AdamW (fused)" in out

@@ -23,7 +23,10 @@ from minisage.train import nan_to_none
 #: torch's (upper bounds); the medium step's matmul GFLOP/s as a fraction of NumPy's own matmul's
 #: (a lower bound)
 TARGETS = {"train_lesson": 0.8, "train_medium": 1.0, "adamw_over_fused": 2.0,
-           "sage_over_adamw": 1.6, "memory_medium": 1.3, "ceiling": 0.5}
+           "sage_over_adamw": 1.6, "memory_medium": 1.3, "ceiling": 0.5,
+           "torch_sage_over_adamw": 2.0}
+#: the torch backend's optimizers are timed on this model (minisage.backends.torch.timing)
+TORCH_BACKEND_SIZE = "bert-10m"
 #: the optimizer state each preset must keep: arrays per parameter (m, v; or m, v / u, Ibar)
 STATE_ARRAYS = {"adamw": [2], "adamw-sage": [3], "adamax-sage": [3]}
 
@@ -60,6 +63,11 @@ def check_targets(result: dict) -> list[dict]:
     for preset, arrays in STATE_ARRAYS.items():
         out.append(target(f"{preset} state arrays per parameter",
                           opt[preset]["state_arrays_per_param"], arrays, "=="))
+    backend = {row["optimizer"]: row for row in result.get("torch_backend", [])}
+    if "AdamWSAGE" in backend:
+        out.append(target("torch backend AdamWSAGE / torch AdamW (default) step",
+                          backend["AdamWSAGE"]["over_adamw_default"],
+                          TARGETS["torch_sage_over_adamw"]))
     return out
 
 
@@ -105,6 +113,17 @@ def check_writable(flag: str, path: str) -> None:
         os.remove(path)
 
 
+def torch_backend_rows(args: argparse.Namespace, say) -> list[dict]:
+    """One step of each torch-backend optimizer and of ``torch.optim.AdamW`` (default, foreach,
+    fused) on a ~10M-parameter BERT-shaped model (a tiny one with ``--quick``)."""
+    from minisage.backends.torch.timing import optimizer_step_times
+
+    size = "tiny" if args.quick else TORCH_BACKEND_SIZE
+    say(f"torch backend optimizer steps, {size} ...")
+    reps, warmup = (3, 1) if args.quick else (args.reps, args.warmup)
+    return optimizer_step_times(size, reps=reps, warmup=warmup, threads=args.threads)
+
+
 def run(args: argparse.Namespace) -> int:
     for flag, value, low in (("--threads", args.threads, 1), ("--reps", args.reps, 1),
                              ("--warmup", args.warmup, 0)):
@@ -115,11 +134,21 @@ def run(args: argparse.Namespace) -> int:
     kwargs: dict = {"reps": args.reps, "warmup": args.warmup}
     if args.quick:
         kwargs = {"shapes": (TINY,), "optimizer_shape": TINY, "reps": 3, "warmup": 1}
+    def say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
     result = bench(threads=args.threads, dtype=args.dtype,
-                   with_torch=False if args.no_torch else None,
-                   progress=lambda m: print(m, file=sys.stderr, flush=True), **kwargs)
+                   with_torch=False if args.no_torch else None, progress=say, **kwargs)
+    if "torch" in result["environment"]:
+        result["torch_backend"] = torch_backend_rows(args, say)
     targets = check_targets(result)
     print(format_table(result))
+    if "torch_backend" in result:
+        from minisage.backends.torch.timing import format_rows
+
+        print()
+        print("minisage's torch backend (float32, official split), against torch.optim.AdamW:")
+        print(format_rows(result["torch_backend"]))
     print()
     print(format_targets(targets))
     if args.json:

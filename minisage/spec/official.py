@@ -19,7 +19,6 @@ import numpy as np
 from minisage.spec import _checks
 from minisage.spec.moments import first_moment_into, infinity_moment_into, second_moment_into
 from minisage.spec.rule import REQUIRED, Rule
-from minisage.spec.sage import multiplier_into
 from minisage.spec.schedules import OFFICIAL_SCHEDULES, official_lr
 
 
@@ -152,9 +151,8 @@ class BertAdamWRule(_OfficialRule):
         if self.sage:
             # r = U / (Ihat + eps^2), from I = |p * g|, Ibar and Ihat = Ibar / (1 - beta3^t)
             # (Ihat = Ibar without correct_bias)
-            r = multiplier_into(p, g, state["sensitivity_ema"], h["beta3"], eps**2,
-                                out=scratch.get(3, p), work=b,
-                                correct_bias_at=t if h["correct_bias"] else None, trace=trace)
+            r = self.multiplier_into(p, g, state["sensitivity_ema"], t, out=scratch.get(3, p),
+                                     work=b, trace=trace)
             # s = lr_t * r
             s = np.multiply(lr_t, r, out=r)
             if h["correct_bias"]:
@@ -217,6 +215,10 @@ class AdamWSAGERule(BertAdamWRule):
                 "correct_bias": True, "max_grad_norm": 1.0}
     sage = True
 
+    def sage_terms(self, t):
+        # eps squared; Ibar bias-corrected at step t with correct_bias
+        return self.hparams["eps"] ** 2, (t if self.hparams["correct_bias"] else None)
+
 
 class BertAdamaxRule(_OfficialRule):
     """``bert-adamax`` (and, with SAGE, ``adamax-sage``): the official BERT-style Adamax.
@@ -276,8 +278,8 @@ class BertAdamaxRule(_OfficialRule):
         update = np.divide(m, np.add(u, eps, out=a), out=a)
         if self.sage:
             # r = U / (Ibar + eps^2), from I = |p * g| and Ibar (no bias correction)
-            r = multiplier_into(p, g, state["sensitivity_ema"], h["beta3"], eps**2,
-                                out=scratch.get(3, p), work=b, trace=trace)
+            r = self.multiplier_into(p, g, state["sensitivity_ema"], t, out=scratch.get(3, p),
+                                     work=b, trace=trace)
         if h["weight_decay"] > 0:
             # update = update + weight_decay * p
             update += np.multiply(h["weight_decay"], p, out=b)
@@ -325,4 +327,8 @@ class AdamaxSAGERule(BertAdamaxRule):
                 "betas": (0.9, 0.999), "beta3": 0.75, "eps": 1e-6, "weight_decay": 0.01,
                 "max_grad_norm": 1.0}
     sage = True
+
+    def sage_terms(self, t):
+        # eps squared; no bias correction
+        return self.hparams["eps"] ** 2, None
 

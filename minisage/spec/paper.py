@@ -12,7 +12,6 @@ import numpy as np
 from minisage.spec import _checks
 from minisage.spec.moments import adam_denominator, lerp_moment_into, second_moment_into
 from minisage.spec.rule import Rule
-from minisage.spec.sage import multiplier_into
 
 
 class AdamSAGERule(Rule):
@@ -53,6 +52,10 @@ class AdamSAGERule(Rule):
                 "sage_eps": 1e-12, "weight_decay": 0.0}
     sage = True
 
+    def sage_terms(self, t):
+        # its own sage_eps; no bias correction
+        return self.hparams["sage_eps"], None
+
     def _validate(self, hp: dict[str, Any]) -> dict[str, Any]:
         n = self.name
         return {
@@ -75,8 +78,8 @@ class AdamSAGERule(Rule):
         m, v = state["exp_avg"], state["exp_avg_sq"]
         a = scratch.get(1, p)
         # r = U / (Ibar + sage_eps), from I = |p * g| (p before this step) and Ibar
-        r = multiplier_into(p, g, state["sensitivity_ema"], h["beta3"], h["sage_eps"],
-                            out=scratch.get(3, p), work=a, trace=trace)
+        r = self.multiplier_into(p, g, state["sensitivity_ema"], t, out=scratch.get(3, p),
+                                 work=a, trace=trace)
         if wd != 0:
             # p = p * (1 - lr_t * weight_decay)
             p *= 1 - lr_t * wd

@@ -34,6 +34,7 @@ import numpy as np
 
 from minisage.spec import _checks
 from minisage.spec.clipping import clip_factor, grad_norm
+from minisage.spec.sage import multiplier_into
 
 
 class _Required:
@@ -200,6 +201,23 @@ class Rule:
         ``sensitivity_ema``, ``sensitivity_ema_hat``, ``uncertainty``, ``lr_multiplier``).
         """
         raise NotImplementedError
+
+    def sage_terms(self, t: int) -> tuple[float, int | None]:
+        """SAGE rules: ``(eps_s, correct_bias_at)`` at step ``t``, the two places where the SAGE
+        rules differ in their multiplier: the epsilon of ``r = U / (Ihat + eps_s)`` and the step
+        at which ``Ibar`` is bias-corrected (None: ``Ihat = Ibar``)."""
+        raise TypeError(f"{self.name} is not a SAGE rule: it has no multiplier")
+
+    def multiplier_into(self, p: np.ndarray, g: np.ndarray, ibar: np.ndarray, t: int, *,
+                        out: np.ndarray, work: np.ndarray, trace: dict | None = None
+                        ) -> np.ndarray:
+        """This SAGE rule's multiplier ``r`` at step ``t``, in ``out``; ``ibar`` (the state's
+        ``sensitivity_ema``) is advanced in place. The SAGE block of :meth:`update_into`, and all
+        that the sensitivity recorder (:mod:`minisage.train.recorder`) runs of a rule: the
+        equations are :func:`minisage.spec.sage.multiplier_into`'s, with :meth:`sage_terms`."""
+        eps_s, correct_bias_at = self.sage_terms(t)
+        return multiplier_into(p, g, ibar, self.hparams["beta3"], eps_s, out=out, work=work,
+                               correct_bias_at=correct_bias_at, trace=trace)
 
     def step(self, param: np.ndarray, grad: np.ndarray, state: Mapping[str, Any],
              lr: float | None = None, *, name: str | None = None,

@@ -2,10 +2,12 @@
 
 It watches the SAGE group's matrices (:func:`sage_matrices`: the 2-D parameters that the official
 split of :mod:`minisage.spec.split` gives SAGE) and measures them with a SAGE spec rule, its
-*shadow rule*: at every step (after clipping, before the update) it runs ``rule.step`` on each
-watched matrix with its own copy of the sensitivity average and keeps the rule's trace. So the
-numbers are exactly the ones the rule computes -- I, Ibar, the bias-corrected Ihat where the rule
-corrects, U and r with the rule's own epsilon and clipping -- and need no second statement of them.
+*shadow rule*: at every step (after clipping, before the update) it runs the rule's own checks
+and clipping (``rule.prepare``) and its multiplier block (``rule.multiplier_into``, the SAGE part
+of the rule's update) on each watched matrix, with its own copy of the sensitivity average, and
+keeps the rule's trace at the recorded steps. So the numbers are exactly the ones the rule
+computes -- I, Ibar, the bias-corrected Ihat where the rule corrects, U and r with the rule's own
+epsilon and clipping -- and need no second statement of them.
 
 - A SAGE run is measured with its own rule (the same preset and beta3 as its optimizer): the
   recorder's r is, bit for bit, the multiplier the optimizer applies.
@@ -93,6 +95,8 @@ class SensitivityRecorder:
     histograms: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
     first_sensitivity: dict[str, np.ndarray] = field(default_factory=dict)
     initial: dict[str, np.ndarray] = field(default_factory=dict)
+    _scratch: spec.Scratch = field(default_factory=spec.Scratch, repr=False)
+    _watched: dict[str, bool] = field(default_factory=dict, repr=False)
 
     def on_gradients(self, step: int, model, optimizer) -> None:
         """The training callback: observe the model's gradients at ``step``."""
@@ -103,16 +107,25 @@ class SensitivityRecorder:
         record = bool(self.every) and step % self.every == 0
         snapshot = step in self.checkpoints
         traces = {}
+        observed = False
         for name, p in named_params:
-            if p.grad is None or not is_sage_matrix(name, p):
+            if p.grad is None:
                 continue
-            state = self.states.get(name) or self.rule.init(p.data)
-            # the shadow rule's own state: its Ibar (the moments it keeps are never used)
-            _, self.states[name], traces[name] = self.rule.step(p.data, p.grad, state, name=name)
-            if name not in self.first_sensitivity:
-                self.first_sensitivity[name] = traces[name]["sensitivity"].copy()
+            watched = self._watched.get(name)
+            if watched is None:  # the split's patterns are matched once per name
+                watched = self._watched[name] = is_sage_matrix(name, p)
+            if not watched:
+                continue
+            observed = True
+            first = name not in self.first_sensitivity
+            trace = {} if (record or snapshot or first) else None
+            self.states[name] = self._advance(name, p, trace)
+            if trace is not None:
+                traces[name] = trace
+            if first:
+                self.first_sensitivity[name] = trace["sensitivity"]
                 self.initial[name] = p.data.copy()
-        if not traces or not (record or snapshot):
+        if not observed or not (record or snapshot):
             return
         if record:
             for name, trace in traces.items():
@@ -135,6 +148,20 @@ class SensitivityRecorder:
                 keep = rng.choice(len(r), self.sample_size, replace=False)
                 sample = {k: v[keep] for k, v in sample.items()}
             self.histograms[step] = sample
+
+    def _advance(self, name: str, p, trace: dict | None) -> dict:
+        """The shadow rule's state of ``name`` after this step: the rule's own checks and
+        clipping (:meth:`spec.Rule.prepare`), then its multiplier block (which advances Ibar in
+        place; the moments the state also keeps are never used). ``trace``, when a dict, gets
+        I, Ibar, Ihat, U and r."""
+        state = self.states.get(name) or self.rule.init(p.data)
+        prep = self.rule.prepare(p.data, p.grad, state, name=name, scratch=self._scratch)
+        grad = prep.clipped_grad(out=self._scratch.get(0, prep.grad)
+                                 if prep.clip is not None else None)
+        self.rule.multiplier_into(prep.param, grad, prep.state["sensitivity_ema"], prep.t,
+                                  out=self._scratch.get(1, prep.param),
+                                  work=self._scratch.get(2, prep.param), trace=trace)
+        return {**prep.state, "step": prep.t}
 
     def state_dict(self) -> dict[str, Any]:
         """What the recorder holds (copies), for checkpoints."""
