@@ -51,6 +51,7 @@ SEEDS = (0, 1) if FAST else (0, 1, 2)
 OPTIMIZERS = {"AdamW (bert-adamw)": "bert-adamw", "AdamW-SAGE (adamw-sage)": "adamw-sage"}
 base = TrainConfig(task="sort", lr=1e-3, steps=STEPS, batch_size=32, weight_decay=0.01,
                    clip_norm=1.0, schedule="linear", warmup=0.1, eval_every=10 if FAST else 30,
+                   eval_rows=256 if FAST else 1024,
                    record_every=5 if FAST else 10, beta3=0.75, d_model=32, n_layers=2, n_heads=4)
 task = make_task(base.task)
 print(f"task: {task.description}")

@@ -20,7 +20,7 @@
 # **Settings, fixed before running, not tuned to any outcome:** pretraining 400 steps (AdamW,
 # lr 3e-3), then fine-tuning 200 steps from the same pretrained weights with `bert-adamw` and with
 # `adamw-sage` at the **same** base learning rate 1e-3, 10% warmup and linear decay, weight decay
-# 0.01, gradient clipping 1.0, seeds 0–3; pruning fractions from
+# 0.01, gradient clipping 1.0, float32, seeds 0–3; pruning fractions from
 # `minisage.compare.PRUNE_FRACTIONS`, sensitivity measured on the training set.
 # Fast mode runs the same code with fewer steps, two seeds and three fractions; its numbers
 # mean little.
@@ -63,11 +63,12 @@ started = time.perf_counter()
 SEEDS = (0, 1) if FAST else (0, 1, 2, 3)
 FRACTIONS = (0.0, 0.5, 0.9) if FAST else PRUNE_FRACTIONS
 OPTIMIZERS = {"AdamW (bert-adamw)": "bert-adamw", "AdamW-SAGE (adamw-sage)": "adamw-sage"}
-base = TrainConfig(task="finetune", lr=1e-3, steps=30 if FAST else 200, batch_size=32,
+base = TrainConfig(task="finetune", labels=256, lr=1e-3, steps=30 if FAST else 200, batch_size=32,
                    weight_decay=0.01, clip_norm=1.0, schedule="linear", warmup=0.1,
-                   eval_every=30 if FAST else 200, record_every=0, d_model=32, n_layers=2,
+                   eval_every=30 if FAST else 200, eval_rows=256 if FAST else 1024,
+                   record_every=0, d_model=32, n_layers=2, dtype="float32",
                    n_heads=4, pretrain_steps=60 if FAST else 400, pretrain_lr=3e-3)
-task = make_task(base.task)
+task = make_task(base.task, n_train=base.labels)
 print(f"task: {task.description}")
 tick = time.perf_counter()
 pretrained = pretrained_state(base, task)
@@ -77,7 +78,8 @@ runs = {label: [] for label in OPTIMIZERS}
 for label, preset in OPTIMIZERS.items():
     for seed in SEEDS:
         result = train(replace(base, optimizer=preset, seed=seed), task, init_state=pretrained)
-        curve = pruning_curve(result.model, task, FRACTIONS, criterion="sensitivity")
+        curve = pruning_curve(result.model, task, FRACTIONS, criterion="sensitivity",
+                              split=task.val.head(256) if FAST else task.val)
         runs[label].append({"final": result.final, "curve": curve})
         print(f"{label:<24} seed {seed}: train accuracy {result.final['train_accuracy']:.3f}, "
               f"val accuracy {result.final['val_accuracy']:.3f}")

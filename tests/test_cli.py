@@ -164,7 +164,7 @@ def test_train_prints_strict_json_and_messages_on_stderr(tmp_path, capsys):
 def test_compare_fast(tmp_path, capsys):
     out_dir = tmp_path / "cmp"
     assert main(["compare", "--task", "sort", "--steps", "10", "--seeds", "2", "--quiet",
-                 "--out", str(out_dir)]) == 0
+                 "--jobs", "1", "--out", str(out_dir)]) == 0  # processes: test_compare.py
     table = capsys.readouterr().out
     assert "bert-adamw" in table and "adamw-sage" in table and "+-" in table
     figures = sorted(f for f in os.listdir(out_dir) if f.endswith(".png"))

@@ -58,36 +58,43 @@ def _train(named, model, name, x, y):
         opt.step()
 
 
-def _child(rank: int, folder: str, mode: str) -> None:
-    """Train a fresh model with each optimizer on this rank's half of the batch; rank 0 saves
-    the whole parameters."""
+def _child(rank: int, folder: str, modes: list[str]) -> None:
+    """In each mode, train a fresh model with each optimizer on this rank's half of the batch;
+    rank 0 saves the whole parameters (one file per mode). One pair of processes does every
+    mode: starting one costs seconds, the training milliseconds."""
     os.environ["GLOO_SOCKET_IFNAME"] = LOOPBACK  # this process only
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank,
                             world_size=2)
     try:
-        results = {}
-        for name in OPTIMIZERS:
-            model = _model()
-            if mode == "ddp":
-                model = torch.nn.parallel.DistributedDataParallel(model)
-                named = [(n.removeprefix("module."), p) for n, p in model.named_parameters()]
-            else:
-                from torch.distributed.fsdp import fully_shard
-
-                for layer in (model[0], model[2]):
-                    fully_shard(layer)
-                fully_shard(model)
-                named = list(model.named_parameters())
-            x, y = _batch()
-            half = slice(4 * rank, 4 * rank + 4)
-            _train(named, model, name, x[half], y[half])
-            results[name] = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p)
-                             .detach().clone() for n, p in named}
-        if rank == 0:
-            torch.save(results, f"{folder}/params.pt")
+        for mode in modes:
+            _train_mode(rank, folder, mode)
     finally:
         dist.destroy_process_group()
+
+
+def _train_mode(rank: int, folder: str, mode: str) -> None:
+    """One mode (``ddp`` or ``fsdp2``) of :func:`_child`."""
+    results = {}
+    for name in OPTIMIZERS:
+        model = _model()
+        if mode == "ddp":
+            model = torch.nn.parallel.DistributedDataParallel(model)
+            named = [(n.removeprefix("module."), p) for n, p in model.named_parameters()]
+        else:
+            from torch.distributed.fsdp import fully_shard
+
+            for layer in (model[0], model[2]):
+                fully_shard(layer)
+            fully_shard(model)
+            named = list(model.named_parameters())
+        x, y = _batch()
+        half = slice(4 * rank, 4 * rank + 4)
+        _train(named, model, name, x[half], y[half])
+        results[name] = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p)
+                         .detach().clone() for n, p in named}
+    if rank == 0:
+        torch.save(results, f"{folder}/{mode}.pt")
 
 
 def _fsdp2_available() -> bool:
@@ -98,12 +105,20 @@ def _fsdp2_available() -> bool:
     return True
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The folder where the two processes saved each mode's parameters."""
+    folder = tmp_path_factory.mktemp("distributed")
+    modes = ["ddp", "fsdp2"] if _fsdp2_available() else ["ddp"]
+    mp.start_processes(_child, args=(str(folder), modes), nprocs=2, start_method="spawn")
+    return folder
+
+
 @pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
-def test_two_processes_equal_one_on_the_whole_batch(mode, tmp_path):
+def test_two_processes_equal_one_on_the_whole_batch(mode, trained):
     if mode == "fsdp2" and not _fsdp2_available():
         pytest.skip(f"torch {torch.__version__} has no torch.distributed.fsdp.fully_shard")
-    mp.start_processes(_child, args=(str(tmp_path), mode), nprocs=2, start_method="spawn")
-    results = torch.load(tmp_path / "params.pt", weights_only=True)
+    results = torch.load(trained / f"{mode}.pt", weights_only=True)
     for name in OPTIMIZERS:
         model = _model()
         x, y = _batch()

@@ -44,8 +44,10 @@ def test_each_task_training_loss_falls(name, stage, size):
     task = task.pretrain if stage == "pretrain" else task
     steps = 250 if stage == "pretrain" else 150
     config = TrainConfig(task=name, optimizer="adamw", lr=3e-3, steps=steps, schedule="constant",
-                         **{**size, "eval_every": steps, "record_every": 0})
-    untrained = evaluate(Transformer(config.model_config(task), seed=0), task, task.train)
+                         **{**size, "eval_every": steps, "record_every": 0, "eval_rows": 512})
+    # the same training rows as the run's final evaluation (its first eval_rows)
+    untrained = evaluate(Transformer(config.model_config(task), seed=0), task,
+                         task.train.head(config.eval_rows))
     result = train(config, task)
     assert result.final["train_loss"] < 0.9 * untrained["loss"], (result.final, untrained)
 
