@@ -25,6 +25,7 @@ of its config alone, so the numbers do not depend on how many.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -33,7 +34,7 @@ import os
 import signal
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -166,7 +167,8 @@ def concentration(sensitivities: dict[str, np.ndarray]) -> dict[str, float]:
 
 # ----- running many runs ---------------------------------------------------------------------
 def _worker_setup() -> None:
-    # The parent handles Ctrl-C; workers get the same tuning as the command line.
+    # The parent handles Ctrl-C; workers get the same tuning as the command line. (Unpickling
+    # this function has imported minisage.compare, and with it the figures' modules.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     runtime.tune_process(threads=1)
 
@@ -178,34 +180,88 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def run_jobs(jobs: Sequence[Job], processes: int = 1,
-             on_done: Callable[[dict], None] | None = None) -> tuple[list[dict], bool]:
-    """Run ``jobs`` (in ``processes`` worker processes when more than one); returns the records
-    in the order of ``jobs`` that finished, and whether all did. Ctrl-C stops at once, keeps the
-    finished runs, and returns ``complete=False``."""
-    records: dict[int, dict] = {}
-    pool = None
-    try:
-        if processes <= 1 or len(jobs) <= 1:
-            for i, job in enumerate(jobs):
-                records[i] = run_job(job)
-                if on_done:
-                    on_done(records[i])
+class Workers:
+    """Worker processes for the runs and the figures, or none: ``Workers(1)`` does everything
+    in this process.
+
+    They start at once (spawned: no forked BLAS or matplotlib state), so that their start-up
+    overlaps whatever the caller does next, such as pretraining. As a context manager they are
+    closed at the end of the block, or terminated after an error or Ctrl-C. Each run is a
+    function of its config alone, so the numbers do not depend on how many processes there are.
+    """
+
+    def __init__(self, processes: int = 1) -> None:
+        if processes < 1:
+            raise ValueError(f"Workers: processes must be >= 1, got {processes}")
+        self.processes = processes
+        self._pool = None
+        if processes > 1:
+            context = multiprocessing.get_context("spawn")
+            self._pool = context.Pool(processes, initializer=_worker_setup)
+
+    def imap_unordered(self, fn: Callable, items: Sequence) -> Iterable:
+        """``fn`` over ``items``, results as they finish (in order, without processes)."""
+        return map(fn, items) if self._pool is None else self._pool.imap_unordered(fn, items)
+
+    def submit(self, fn: Callable, args: tuple) -> Callable[[], object]:
+        """Start ``fn(*args)``; returns a function that waits for its result. Without processes
+        it runs now."""
+        if self._pool is None:
+            value = fn(*args)
+            return lambda: value
+        return self._pool.apply_async(fn, args).get
+
+    def terminate(self) -> None:
+        """Stop the processes now (their unfinished work is lost); later calls run here."""
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def close(self) -> None:
+        """Let the processes finish and exit; later calls run here."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool.join()
+            self._pool = None
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.close()
         else:
-            context = multiprocessing.get_context("spawn")  # no forked BLAS or matplotlib state
-            pool = context.Pool(min(processes, len(jobs)), initializer=_worker_setup)
-            for i, record in pool.imap_unordered(_run_indexed, list(enumerate(jobs))):
+            self.terminate()
+
+
+@contextlib.contextmanager
+def _workers(processes: int | Workers, jobs: int) -> Iterator[Workers]:
+    """``processes`` itself when it is a :class:`Workers` (the caller closes it), else new
+    workers for ``jobs`` runs, closed at the end of the block."""
+    if isinstance(processes, Workers):
+        yield processes
+        return
+    with Workers(max(1, min(processes, jobs))) as workers:
+        yield workers
+
+
+def run_jobs(jobs: Sequence[Job], processes: int | Workers = 1,
+             on_done: Callable[[dict], None] | None = None) -> tuple[list[dict], bool]:
+    """Run ``jobs`` (on ``processes``: a number of worker processes, or :class:`Workers`);
+    returns the records in the order of ``jobs`` that finished, and whether all did. Ctrl-C
+    stops at once (the workers are terminated), keeps the finished runs, and returns
+    ``complete=False``."""
+    records: dict[int, dict] = {}
+    with _workers(processes, len(jobs)) as workers:
+        try:
+            for i, record in workers.imap_unordered(_run_indexed, list(enumerate(jobs))):
                 records[i] = record
                 if on_done:
                     on_done(record)
-            pool.close()  # every run is done: let the workers exit by themselves
-    except KeyboardInterrupt:
-        if pool is not None:
-            pool.terminate()
-        return [records[i] for i in sorted(records)], False
-    finally:
-        if pool is not None:
-            pool.join()
+        except KeyboardInterrupt:
+            workers.terminate()
+            return [records[i] for i in sorted(records)], False
     return [records[i] for i in sorted(records)], True
 
 
@@ -223,7 +279,7 @@ def grid_for(preset: str) -> list[dict]:
 
 
 def tune(base: TrainConfig, optimizers: Sequence[str], init_state: dict | None = None,
-         seeds: Sequence[int] = TUNING_SEEDS, processes: int = 1, progress=None,
+         seeds: Sequence[int] = TUNING_SEEDS, processes: int | Workers = 1, progress=None,
          log=print) -> dict:
     """Select each optimizer's settings by mean final *validation* accuracy over ``seeds``.
 
@@ -330,17 +386,18 @@ def choose_settings(base: TrainConfig, optimizers: Sequence[str], given: dict[st
 # ----- the comparison ----------------------------------------------------------------------------
 def compare(base: TrainConfig, optimizers: Sequence[str] = DEFAULT_OPTIMIZERS, seeds: int = 5,
             settings: dict[str, dict] | None = None, out: str | Path | None = None,
-            processes: int = 1, progress=None, log=print, init_state: dict | None = None
-            ) -> dict:
+            processes: int | Workers = 1, progress=None, log=print,
+            init_state: dict | None = None) -> dict:
     """Run every optimizer (at its ``settings``: lr, beta3, selected_by) on seeds 0..seeds-1,
     report on the test split, write tables and figures into ``out``; returns the summary.
 
     ``base``: the protocol (see :func:`default_config`). The first optimizer is the baseline of
-    the paired differences. ``progress(record)`` is called as each run finishes.
+    the paired differences. ``processes``: how many worker processes run the runs and draw the
+    figures, or :class:`Workers` to use. ``progress(record)`` is called as each run finishes.
     ``init_state``: the pretrained weights, for a task with pretraining (default: pretrain now,
-    see :func:`pretrained_weights`). Ctrl-C keeps
-    the finished runs: the summary is then marked ``"partial": true`` and covers the seeds that
-    every optimizer finished.
+    see :func:`pretrained_weights`, while the workers start). Ctrl-C keeps the finished runs:
+    the summary is then marked ``"partial": true`` and covers the seeds that every optimizer
+    finished.
     """
     if not optimizers:
         raise UsageError("compare: give at least one optimizer")
@@ -348,17 +405,18 @@ def compare(base: TrainConfig, optimizers: Sequence[str] = DEFAULT_OPTIMIZERS, s
     out = prepare_output(out)
     started = time.perf_counter()
     task = make_task(base.task, seed=0, n_train=base.labels)
-    if init_state is None:
-        init_state = pretrained_weights(base, log)
-    jobs = [Job(replace(base, optimizer=name, seed=seed,
-                        **{k: v for k, v in settings[name].items() if k in ("lr", "beta3")}),
-                report=True, init_state=init_state)
-            for seed in range(seeds) for name in optimizers]
-    records, complete = run_jobs(jobs, processes, progress)
-    summary = summarize(task, base, optimizers, settings, records, complete)
-    summary["seconds"] = round(time.perf_counter() - started, 1)
-    summary["processes"] = processes
-    write_outputs(out, summary, records)
+    with _workers(processes, seeds * len(optimizers)) as workers:
+        if init_state is None:
+            init_state = pretrained_weights(base, log)
+        jobs = [Job(replace(base, optimizer=name, seed=seed,
+                            **{k: v for k, v in settings[name].items() if k in ("lr", "beta3")}),
+                    report=True, init_state=init_state)
+                for seed in range(seeds) for name in optimizers]
+        records, complete = run_jobs(jobs, workers, progress)
+        summary = summarize(task, base, optimizers, settings, records, complete)
+        summary["seconds"] = round(time.perf_counter() - started, 1)
+        summary["processes"] = workers.processes
+        write_outputs(out, summary, records, workers)
     log(format_table(summary))
     log(f"\nwrote metrics and figures to {out}")
     if not complete:
@@ -485,9 +543,16 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(out: Path, summary: dict, records: list[dict]) -> list[str]:
+def write_outputs(out: Path, summary: dict, records: list[dict],
+                  workers: Workers | None = None) -> list[str]:
     """summary.json (strict JSON), metrics.csv, mechanism.csv, pruning.csv, layers.csv and the
-    figures; returns the figure paths."""
+    figures (drawn by ``workers`` when given, while this process writes the tables); returns the
+    figure paths."""
+    if not records:
+        pending = None
+    else:
+        calls = plots.compare_figure_calls(out, summary, records)
+        pending = [workers.submit(fn, args) for fn, args in calls] if workers else None
     with open(out / "summary.json", "w") as f:
         json.dump(nan_to_none(summary), f, indent=2, allow_nan=False)
     _write_rows(out / "metrics.csv", [{"optimizer": r["optimizer"], "seed": r["seed"], **row}
@@ -503,7 +568,9 @@ def write_outputs(out: Path, summary: dict, records: list[dict]) -> list[str]:
                                      for r in records for row in r["layers"]])
     if not records:
         return []
-    return plots.compare_figures(out, summary, records)
+    if pending is None:
+        return [fn(*args) for fn, args in calls]
+    return [result() for result in pending]
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:

@@ -8,6 +8,7 @@ multiplier r) for an optimizer that does not use it draws that optimizer dashed 
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -24,7 +25,10 @@ BAND = "band: 95% CI over seeds"
 
 
 def _save(fig, path) -> str:
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    # a layout engine, not bbox_inches="tight": that draws the figure twice (measure, then save)
+    if fig.get_layout_engine() is None:
+        fig.set_layout_engine("constrained")
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return str(path)
 
@@ -230,29 +234,31 @@ def sensitivity_spread(records: list[dict], path, title="") -> str:
     return _save(fig, path)
 
 
-def compare_figures(out: Path, summary: dict, records: list[dict]) -> list[str]:
-    """Every figure of ``minisage compare``, written into ``out``."""
+def compare_figure_calls(out: Path, summary: dict, records: list[dict]) -> list[tuple]:
+    """Every figure of ``minisage compare``, as ``(function, args)`` pairs to call (in any
+    process: each writes one file into ``out`` and returns its path)."""
     runs = _by_optimizer(records)
     n = len(next(iter(runs.values())))
     task = summary["task"]
     seed0 = {name: rs[0] for name, rs in runs.items()}
-    figures = [
-        learning_curves({name: [r["history"] for r in rs] for name, rs in runs.items()},
-                        out / "learning_curves.png",
-                        title=f"{task}: mean over {n} seed(s); {BAND}"),
-        mechanism(records, out / "mechanism.png",
-                  title=f"{task}: what SAGE's multiplier does ({n} seed(s); {BAND})"),
-        sensitivity_spread(records, out / "sensitivity.png",
-                           title=f"{task}: redundancy at the end of training ({n} seed(s))"),
-        sensitivity_heatmap({name: r["layers"] for name, r in seed0.items()},
-                            out / "sensitivity_over_time.png", quantity="sensitivity_ema",
-                            title="Median Ibar of each attention/FFN matrix (seed 0)"),
+    calls = [
+        (partial(learning_curves, title=f"{task}: mean over {n} seed(s); {BAND}"),
+         ({name: [r["history"] for r in rs] for name, rs in runs.items()},
+          out / "learning_curves.png")),
+        (partial(mechanism, title=f"{task}: what SAGE's multiplier does ({n} seed(s); {BAND})"),
+         (records, out / "mechanism.png")),
+        (partial(sensitivity_spread,
+                 title=f"{task}: redundancy at the end of training ({n} seed(s))"),
+         (records, out / "sensitivity.png")),
+        (partial(sensitivity_heatmap, quantity="sensitivity_ema",
+                 title="Median Ibar of each attention/FFN matrix (seed 0)"),
+         ({name: r["layers"] for name, r in seed0.items()}, out / "sensitivity_over_time.png")),
     ]
     samples = {(name if _uses_r(name) else f"{name} (not used by it)"):
                {int(s): h["lr_multiplier"] for s, h in r["histograms"].items()}
                for name, r in seed0.items()}
     if any(samples.values()):
-        figures.append(distributions(
-            samples, out / "multiplier_distribution.png", xlabel="multiplier r", log=False,
-            title="The SAGE multiplier r at three checkpoints (seed 0)"))
-    return figures
+        calls.append((partial(distributions, xlabel="multiplier r", log=False,
+                              title="The SAGE multiplier r at three checkpoints (seed 0)"),
+                      (samples, out / "multiplier_distribution.png")))
+    return calls

@@ -126,22 +126,26 @@ def run(args: argparse.Namespace) -> int:
     show = not args.quiet and sys.stderr.isatty()
     record_path = Path(args.record) if args.record else cmp.record_path(args.task)
     record = cmp.load_record(record_path) if (args.record or record_path.exists()) else None
-    init_state = cmp.pretrained_weights(base, log=say)
-    if args.tune:
-        with tqdm(desc="tuning", unit="run", disable=not show, leave=False) as bar:
-            def tick(_record, bar=bar):
-                bar.update(1)
-            record = cmp.tune(base, optimizers, init_state, processes=args.jobs, progress=tick,
-                              log=say)
-        record_path = out / "tuning.json"
-        record_path.write_text(json.dumps(nan_to_none(record), indent=2, allow_nan=False) + "\n")
-        say(f"tuning record written to {record_path} (to make it the default: copy it to "
-            f"{cmp.record_path(args.task)})")
-    committed = record_path == cmp.record_path(args.task)
-    name = f"minisage/tuned/{args.task}.json" if committed else str(record_path)
-    settings = cmp.choose_settings(base, optimizers, given, record, name)
-    runs = args.seeds * len(optimizers)
-    with tqdm(total=runs, desc="compare", unit="run", disable=not show, leave=False) as bar:
-        cmp.compare(replace(base), optimizers, args.seeds, settings, out, processes=args.jobs,
-                    progress=lambda _record: bar.update(1), log=print, init_state=init_state)
+    # the workers start now: their start-up overlaps the pretraining
+    with cmp.Workers(args.jobs) as workers:
+        init_state = cmp.pretrained_weights(base, log=say)
+        if args.tune:
+            with tqdm(desc="tuning", unit="run", disable=not show, leave=False) as bar:
+                def tick(_record, bar=bar):
+                    bar.update(1)
+                record = cmp.tune(base, optimizers, init_state, processes=workers,
+                                  progress=tick, log=say)
+            record_path = out / "tuning.json"
+            record_path.write_text(json.dumps(nan_to_none(record), indent=2, allow_nan=False)
+                                   + "\n")
+            say(f"tuning record written to {record_path} (to make it the default: copy it to "
+                f"{cmp.record_path(args.task)})")
+        committed = record_path == cmp.record_path(args.task)
+        name = f"minisage/tuned/{args.task}.json" if committed else str(record_path)
+        settings = cmp.choose_settings(base, optimizers, given, record, name)
+        runs = args.seeds * len(optimizers)
+        with tqdm(total=runs, desc="compare", unit="run", disable=not show, leave=False) as bar:
+            cmp.compare(replace(base), optimizers, args.seeds, settings, out, processes=workers,
+                        progress=lambda _record: bar.update(1), log=print,
+                        init_state=init_state)
     return 0
