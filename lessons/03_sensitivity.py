@@ -62,7 +62,7 @@ started = time.perf_counter()
 # Taylor estimate on a barely trained model.
 
 # %%
-STEPS = 60 if FAST else 400
+STEPS = 40 if FAST else 400
 EARLY = 20  # the step at which we test the estimate on a barely trained model
 config = TrainConfig(task="sort", optimizer="bert-adamw", lr=1e-3, steps=STEPS, batch_size=32,
                      weight_decay=0.01, clip_norm=1.0, schedule="linear", warmup=0.1, seed=0,
@@ -73,7 +73,7 @@ beta3 = 0.75
 
 # A fixed probe batch of training rows: the loss and the gradient of the Taylor test.
 probe_ids, probe_targets = task.train.ids[:128], task.train.targets[:128]
-N_ENTRIES = 60 if FAST else 240  # entries tested (each costs one forward pass)
+N_ENTRIES = 30 if FAST else 240  # entries tested (each costs one forward pass)
 
 
 def taylor_test(model, seed=0):

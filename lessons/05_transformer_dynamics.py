@@ -46,7 +46,7 @@ started = time.perf_counter()
 
 
 # %%
-STEPS = 40 if FAST else 300
+STEPS = 20 if FAST else 300
 SEEDS = (0, 1) if FAST else (0, 1, 2)
 OPTIMIZERS = {"AdamW (bert-adamw)": "bert-adamw", "AdamW-SAGE (adamw-sage)": "adamw-sage"}
 base = TrainConfig(task="sort", lr=1e-3, steps=STEPS, batch_size=32, weight_decay=0.01,

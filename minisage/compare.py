@@ -39,9 +39,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
-from minisage import plots, runtime, spec
+from minisage import runtime, spec
 from minisage.errors import UsageError
 from minisage.tasks import make_task
 from minisage.train import (
@@ -167,10 +166,11 @@ def concentration(sensitivities: dict[str, np.ndarray]) -> dict[str, float]:
 
 # ----- running many runs ---------------------------------------------------------------------
 def _worker_setup() -> None:
-    # The parent handles Ctrl-C; workers get the same tuning as the command line. (Unpickling
-    # this function has imported minisage.compare, and with it the figures' modules.)
+    # The parent handles Ctrl-C; workers get the same tuning as the command line, and import
+    # the figures' module now, while the parent is busy (pretraining), not when drawing.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     runtime.tune_process(threads=1)
+    import minisage.plots  # noqa: F401
 
 
 def usable_cpus() -> int:
@@ -452,6 +452,8 @@ def paired(base_values: Sequence[float], other_values: Sequence[float]) -> dict:
     per-seed differences and the two-sided paired t-test p (nan for fewer than two seeds)."""
     d = np.asarray(other_values, float) - np.asarray(base_values, float)
     mean, half = mean_ci(d)
+    from scipy import stats  # here, not at the top: the command line starts faster
+
     p = float(stats.ttest_rel(other_values, base_values).pvalue) if len(d) > 1 and np.ptp(
         d) > 0 else float("nan")
     return {"mean": mean, "ci95": half, "per_seed": d.tolist(), "p_paired_t": p}
@@ -551,6 +553,8 @@ def write_outputs(out: Path, summary: dict, records: list[dict],
     if not records:
         pending = None
     else:
+        from minisage import plots  # here: matplotlib is imported by the runs that draw
+
         calls = plots.compare_figure_calls(out, summary, records)
         pending = [workers.submit(fn, args) for fn, args in calls] if workers else None
     with open(out / "summary.json", "w") as f:

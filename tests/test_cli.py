@@ -163,7 +163,7 @@ def test_train_prints_strict_json_and_messages_on_stderr(tmp_path, capsys):
 
 def test_compare_fast(tmp_path, capsys):
     out_dir = tmp_path / "cmp"
-    assert main(["compare", "--task", "sort", "--steps", "10", "--seeds", "2", "--quiet",
+    assert main(["compare", "--task", "sort", "--steps", "4", "--seeds", "2", "--quiet",
                  "--jobs", "1", "--out", str(out_dir)]) == 0  # processes: test_compare.py
     table = capsys.readouterr().out
     assert "bert-adamw" in table and "adamw-sage" in table and "+-" in table

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
 
 from minisage import spec
 from minisage.nn import Transformer
@@ -70,6 +69,8 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float]:
     values = np.asarray(values, dtype=float)
     if len(values) < 2:
         return float(values.mean()), float("nan")
+    from scipy import stats  # here, not at the top: importing minisage.train stays quick
+
     half = stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * stats.sem(values)
     return float(values.mean()), float(half)
 
@@ -78,6 +79,8 @@ def welch_p(a, b) -> float:
     """Two-sided p-value of Welch's t-test (unequal variances); nan if it is undefined."""
     if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
         return float("nan")
+    from scipy import stats
+
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 

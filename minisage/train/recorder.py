@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from minisage import spec
 from minisage.optim import optimizer_class
@@ -137,6 +136,8 @@ class SensitivityRecorder:
         ihat = np.concatenate([t["sensitivity_ema_hat"].ravel() for t in traces.values()])
         r = np.concatenate([t["lr_multiplier"].ravel() for t in traces.values()])
         if record:
+            from scipy import stats  # here: importing minisage.train stays quick
+
             rho = stats.spearmanr(ihat, r).statistic if np.ptp(ihat) and np.ptp(r) else np.nan
             self.mechanism.append({"step": step, "r_median": float(np.median(r)),
                                    "r_mean": float(np.mean(r)), "spearman": float(rho),

@@ -435,10 +435,11 @@ class SpecOptimizer(torch.optim.Optimizer):
         it = iter(values)
         return [[next(it) for _ in ns] for ns in norms]
 
-    @torch.compiler.disable
     def _check_finite_eagerly(self, work, norms) -> None:
-        """:meth:`_check_finite` outside a compiled graph (it syncs and may raise)."""
-        self._check_finite(work, norms)
+        """:meth:`_check_finite` outside a compiled graph (it syncs and may raise). Wrapped
+        here, when compiling, not as a decorator: that would import torch's compiler (seconds)
+        with this module."""
+        torch.compiler.disable(self._check_finite)(work, norms)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):
