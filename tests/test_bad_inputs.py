@@ -17,7 +17,7 @@ from minisage.cli import train as cli_train
 from minisage.errors import CheckpointError, GoldenFormatError, UsageError
 from minisage.files import check_writable
 from minisage.golden import generate
-from minisage.nn import Parameter
+from minisage.nn import Parameter, TransformerConfig
 from minisage.tasks import make_task
 from minisage.train import (
     ConfigError,
@@ -224,6 +224,15 @@ def _nan_parameter_in_an_optimizer():
 
 
 LIBRARY = [
+    (lambda f: TransformerConfig(d_model=0), ValueError,
+     "TransformerConfig: d_model must be an integer >= 1, got 0"),
+    (lambda f: TransformerConfig(n_heads=2.0), ValueError,
+     "TransformerConfig: n_heads must be an integer >= 1, got 2.0"),
+    (lambda f: TransformerConfig(num_classes=-1), ValueError,
+     "TransformerConfig: num_classes must be an integer >= 0 (0: no classification head), "
+     "got -1"),
+    (lambda f: TransformerConfig(dtype="float16"), ValueError,
+     "TransformerConfig: dtype must be 'float32' or 'float64', got 'float16'"),
     (lambda f: TrainConfig(steps=-1), UsageError,
      "TrainConfig: steps must be an integer >= 1, got -1"),
     (lambda f: TrainConfig(steps=True), UsageError,

@@ -26,6 +26,7 @@ functions of :mod:`minisage.fast`; ``fused=False`` with the reference forms of
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -52,15 +53,24 @@ class TransformerConfig:
 
     def __post_init__(self):
         for field in ("vocab_size", "max_len", "d_model", "n_layers", "n_heads"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"TransformerConfig: {field} must be >= 1")
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"TransformerConfig: {field} must be an integer >= 1, got "
+                                 f"{value!r}")
+        if isinstance(self.num_classes, bool) or not isinstance(
+                self.num_classes, numbers.Integral) or self.num_classes < 0:
+            raise ValueError(f"TransformerConfig: num_classes must be an integer >= 0 (0: no "
+                             f"classification head), got {self.num_classes!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"TransformerConfig: dtype must be 'float32' or 'float64', got "
+                             f"{self.dtype!r}")
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"TransformerConfig: d_model ({self.d_model}) must be divisible by "
                 f"n_heads ({self.n_heads})"
             )
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"TransformerConfig: dropout must lie in [0, 1), got {self.dropout}")
+            raise ValueError(f"TransformerConfig: dropout must lie in [0, 1), got {self.dropout!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
