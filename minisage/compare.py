@@ -32,7 +32,6 @@ import math
 import multiprocessing
 import os
 import signal
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -42,6 +41,7 @@ import numpy as np
 
 from minisage import runtime, spec
 from minisage.errors import UsageError
+from minisage.files import check_folder_writable
 from minisage.tasks import make_task
 from minisage.train import (
     TrainConfig,
@@ -441,10 +441,7 @@ def prepare_output(out: str | Path | None) -> Path:
     out = Path(out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=out):  # PermissionError (an OSError) names the folder
-        pass
-    return out
+    return check_folder_writable(out)
 
 
 def paired(base_values: Sequence[float], other_values: Sequence[float]) -> dict:

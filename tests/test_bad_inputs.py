@@ -108,6 +108,9 @@ COMMAND_LINE = [
     pytest.param("train --save /proc/x.npz", 1, "/proc/x.npz: cannot create a file in /proc (No "
                                                 "such file or directory)", marks=LINUX),
     ("train --save {tmp}", 1, "{tmp}: is a folder; give a file name"),
+    ("compare --out {file}", 2, "--out {file}: exists and is not a folder"),
+    pytest.param("compare --out /proc/runs", 1, "/proc/runs: cannot write files here (No such "
+                                                "file or directory)", marks=LINUX),
     ("train --save {file}/x.npz", 1, "{file}/x.npz: cannot create a file in {file} (not a "
                                      "folder)"),
     ("train --save", 2, "argument --save: expected one argument (see minisage train --help)"),
@@ -169,11 +172,12 @@ def test_command_line_mistakes_are_one_line_before_any_work(files, capsys, monke
 
     monkeypatch.setattr(cli_train, "train", no_work)
     monkeypatch.setattr(cli_train, "pretrained_state", no_work)
+    monkeypatch.setattr("minisage.compare.pretrained_weights", no_work)
     words = [w.format(**files) for w in argv.split()]
     assert main(words) == status
     out, err = capsys.readouterr()
     assert out == "" and "Traceback" not in err and err.count("\n") == 1, err
-    command = words[0] if words[0] in ("train", "golden", "crosscheck") else None
+    command = words[0] if words[0] in ("train", "compare", "golden", "crosscheck") else None
     prog = f"minisage {command}" if command else "minisage"
     if words[:2] == ["golden", "export"] and len(words) == 2:
         prog = "minisage golden export"
