@@ -290,31 +290,39 @@ def tune(base: TrainConfig, optimizers: Sequence[str], init_state: dict | None =
     """
     points = {name: grid_for(name) for name in optimizers}
     scores: dict[str, list[dict]] = {name: [] for name in optimizers}
-    for _ in range(MAX_EXTENSIONS + 1):
-        todo = [(name, point) for name in optimizers for point in points[name]
-                if not any(_same(point, s) for s in scores[name])]
-        if not todo:
-            break
-        jobs = [Job(replace(base, optimizer=name, seed=seed, **point), report=False,
-                    init_state=init_state)
-                for name, point in todo for seed in seeds]
-        log(f"tuning: {len(jobs)} runs ({len(todo)} settings x {len(seeds)} seeds)")
-        records, complete = run_jobs(jobs, processes, progress)
-        if not complete:
-            raise KeyboardInterrupt("tuning interrupted; nothing selected")
-        for name, point in todo:
-            mine = [r for r in records if r["optimizer"] == name and _same(point, r)]
-            accuracy = [r["val"]["accuracy"] for r in mine]
-            scores[name].append({**point, "val_accuracy": float(np.mean(accuracy)),
-                                 "val_loss": float(np.mean([r["val"]["loss"] for r in mine])),
-                                 "val_accuracy_per_seed": accuracy})
-        for name in optimizers:
-            points[name] = _extend(scores[name])
+    # one set of workers for every round (the first round is the largest)
+    first_round = sum(len(p) for p in points.values()) * len(seeds)
+    with _workers(processes, first_round) as workers:
+        for _ in range(MAX_EXTENSIONS + 1):
+            todo = [(name, point) for name in optimizers for point in points[name]
+                    if not any(_same(point, s) for s in scores[name])]
+            if not todo:
+                break
+            jobs = [Job(replace(base, optimizer=name, seed=seed, **point), report=False,
+                        init_state=init_state)
+                    for name, point in todo for seed in seeds]
+            log(f"tuning: {len(jobs)} runs ({len(todo)} settings x {len(seeds)} seeds)")
+            records, complete = run_jobs(jobs, workers, progress)
+            if not complete:
+                raise KeyboardInterrupt("tuning interrupted; nothing selected")
+            for name, point in todo:
+                scores[name].append(_score(point, [r for r in records if r["optimizer"] == name
+                                                   and _same(point, r)]))
+            for name in optimizers:
+                points[name] = _extend(scores[name])
     selected = {name: _best(scores[name]) for name in optimizers}
     return {"task": base.task, "protocol": protocol_of(base), "seeds": list(seeds),
             "metric": "mean final validation accuracy over the tuning seeds (ties: lower "
                       "validation loss)",
             "scores": scores, "selected": selected}
+
+
+def _score(point: dict, records: list[dict]) -> dict:
+    """One grid point's score: its final validation accuracy and loss over the tuning seeds."""
+    accuracy = [r["val"]["accuracy"] for r in records]
+    return {**point, "val_accuracy": float(np.mean(accuracy)),
+            "val_loss": float(np.mean([r["val"]["loss"] for r in records])),
+            "val_accuracy_per_seed": accuracy}
 
 
 def _same(point: dict, other: dict) -> bool:
