@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 from minisage import compare as cmp
-from minisage import runtime
+from minisage import plots, runtime
 from minisage.tasks import WALK_STEP_PROBS, _random_walks, make_task, walk_bayes_accuracy
 from minisage.train import TrainConfig, decile_means, train
 
@@ -202,10 +202,16 @@ def test_processes_do_not_change_the_numbers(tmp_path):
     jobs = [cmp.Job(replace(base, optimizer="adamw-sage", seed=s), report=False) for s in (0, 1)]
     with runtime.tuned(threads=1):
         inline, _ = cmp.run_jobs(jobs, processes=1)
-    spread, complete = cmp.run_jobs(jobs, processes=2)
-    assert complete
-    for a, b in zip(inline, spread):
-        assert a["history"] == b["history"] and a["val"] == b["val"]
+    with cmp.Workers(2) as workers:
+        spread, complete = cmp.run_jobs(jobs, workers)
+        assert complete
+        for a, b in zip(inline, spread):
+            assert a["history"] == b["history"] and a["val"] == b["val"]
+        # the same workers draw a figure (as compare does), from a call made in this process
+        path = tmp_path / "curves.png"
+        drawn = workers.submit(plots.learning_curves,
+                               ({"adamw-sage": [r["history"] for r in spread]}, path))
+        assert drawn() == str(path) and path.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_ctrl_c_keeps_the_finished_runs_and_marks_the_summary_partial(tmp_path, monkeypatch):
