@@ -106,7 +106,6 @@ class SensitivityRecorder:
         record = bool(self.every) and step % self.every == 0
         snapshot = step in self.checkpoints
         traces = {}
-        observed = False
         for name, p in named_params:
             if p.grad is None:
                 continue
@@ -115,7 +114,6 @@ class SensitivityRecorder:
                 watched = self._watched[name] = is_sage_matrix(name, p)
             if not watched:
                 continue
-            observed = True
             first = name not in self.first_sensitivity
             trace = {} if (record or snapshot or first) else None
             self.states[name] = self._advance(name, p, trace)
@@ -124,7 +122,7 @@ class SensitivityRecorder:
             if first:
                 self.first_sensitivity[name] = trace["sensitivity"]
                 self.initial[name] = p.data.copy()
-        if not observed or not (record or snapshot):
+        if not traces or not (record or snapshot):  # traces: only at these steps
             return
         if record:
             for name, trace in traces.items():
