@@ -113,15 +113,13 @@ def check_writable(flag: str, path: str) -> None:
         os.remove(path)
 
 
-def torch_backend_rows(args: argparse.Namespace, say) -> list[dict]:
+def torch_backend_rows(size: str, reps: int, warmup: int, threads: int, say) -> list[dict]:
     """One step of each torch-backend optimizer and of ``torch.optim.AdamW`` (default, foreach,
-    fused) on a ~10M-parameter BERT-shaped model (a tiny one with ``--quick``)."""
+    fused) on a model of ``size`` (:data:`minisage.backends.torch.timing.SIZES`)."""
     from minisage.backends.torch.timing import optimizer_step_times
 
-    size = "tiny" if args.quick else TORCH_BACKEND_SIZE
     say(f"torch backend optimizer steps, {size} ...")
-    reps, warmup = (3, 1) if args.quick else (args.reps, args.warmup)
-    return optimizer_step_times(size, reps=reps, warmup=warmup, threads=args.threads)
+    return optimizer_step_times(size, reps=reps, warmup=warmup, threads=threads)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -134,13 +132,16 @@ def run(args: argparse.Namespace) -> int:
     kwargs: dict = {"reps": args.reps, "warmup": args.warmup}
     if args.quick:
         kwargs = {"shapes": (TINY,), "optimizer_shape": TINY, "reps": 3, "warmup": 1}
+
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
     result = bench(threads=args.threads, dtype=args.dtype,
                    with_torch=False if args.no_torch else None, progress=say, **kwargs)
     if "torch" in result["environment"]:
-        result["torch_backend"] = torch_backend_rows(args, say)
+        size = "tiny" if args.quick else TORCH_BACKEND_SIZE
+        result["torch_backend"] = torch_backend_rows(size, kwargs["reps"], kwargs["warmup"],
+                                                     args.threads, say)
     targets = check_targets(result)
     print(format_table(result))
     if "torch_backend" in result:
