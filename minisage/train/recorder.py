@@ -155,8 +155,7 @@ class SensitivityRecorder:
         I, Ibar, Ihat, U and r."""
         state = self.states.get(name) or self.rule.init(p.data)
         prep = self.rule.prepare(p.data, p.grad, state, name=name, scratch=self._scratch)
-        grad = prep.clipped_grad(out=self._scratch.get(0, prep.grad)
-                                 if prep.clip is not None else None)
+        grad = prep.clipped_grad(out=self._scratch.get(0, prep.grad))
         self.rule.multiplier_into(prep.param, grad, prep.state["sensitivity_ema"], prep.t,
                                   out=self._scratch.get(1, prep.param),
                                   work=self._scratch.get(2, prep.param), trace=trace)
