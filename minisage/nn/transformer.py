@@ -37,6 +37,9 @@ from minisage.autograd import Tensor
 from minisage.nn.layers import Dropout, Embedding, LayerNorm, Linear
 from minisage.nn.module import Module
 
+#: the floating-point types a model computes in
+DTYPES = ("float64", "float32")
+
 
 @dataclass(frozen=True)
 class TransformerConfig:
@@ -61,7 +64,7 @@ class TransformerConfig:
                 self.num_classes, numbers.Integral) or self.num_classes < 0:
             raise ValueError(f"TransformerConfig: num_classes must be an integer >= 0 (0: no "
                              f"classification head), got {self.num_classes!r}")
-        if self.dtype not in ("float32", "float64"):
+        if self.dtype not in DTYPES:
             raise ValueError(f"TransformerConfig: dtype must be 'float32' or 'float64', got "
                              f"{self.dtype!r}")
         if self.d_model % self.n_heads:

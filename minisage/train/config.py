@@ -12,11 +12,11 @@ from typing import Any
 from minisage import spec
 from minisage.errors import UsageError
 from minisage.nn import TransformerConfig
+from minisage.nn.transformer import DTYPES
 from minisage.spec import _checks
 from minisage.tasks import TASKS, Task
 
 SCHEDULES = ("constant", "linear", "cosine")
-DTYPES = ("float64", "float32")
 
 
 class ConfigError(UsageError):
