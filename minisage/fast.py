@@ -276,7 +276,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, dropout_p: 
 
 
 def self_attention(x: Tensor, query: tuple, key: tuple, value: tuple, n_heads: int,
-                   causal: bool = False) -> Tensor:
+                   causal: bool = False, queries: int | None = None) -> Tensor:
     """Multi-head self-attention before its output projection, as one primitive: for x (B, T, D)
     and ``query``, ``key``, ``value`` each a (weight (D, D), bias (D,) or None) pair, the
     composition
@@ -288,7 +288,11 @@ def self_attention(x: Tensor, query: tuple, key: tuple, value: tuple, n_heads: i
     views; the heads' outputs are written straight into the (B, T, H, D/H) layout; backward writes
     the heads' gradients into one (B*T, 3D) array and gives x's gradient as one product. It keeps
     q, k and v (one array) and, for short rows, the attention weights (see
-    :class:`_Attention`)."""
+    :class:`_Attention`).
+
+    ``queries``: only the first ``queries`` positions attend (their outputs, (B, queries, D),
+    are returned); every position is still a key and a value. The composition with
+    ``x[:, :queries]`` in the query's ``F.linear``."""
     x = _tensor(x)
     params = [_tensor(t) if t is not None else None for pair in (query, key, value) for t in pair]
     B, T, D = x.shape
@@ -308,15 +312,20 @@ def self_attention(x: Tensor, query: tuple, key: tuple, value: tuple, n_heads: i
     if any(b is not None for b in biases):  # [scale bq, bk, bv], zeros for a missing one
         qkv += np.concatenate([np.zeros(D, x.dtype) if b is None else b.data * s
                                for b, s in zip(biases, (scale, 1, 1))])
-    # (B, T, 3, H, D/H) -> q (scaled), k, v, each (B, H, T, D/H)
+    Tq = T if queries is None else queries
+    if not 1 <= Tq <= T:
+        raise ValueError(f"self_attention: queries must be in [1, {T}], got {queries!r}")
+    # (B, T, 3, H, D/H) -> q (scaled; its first Tq positions), k, v, each (B, H, ., D/H)
     q, k, v = qkv.reshape(B, T, 3, H, D // H).transpose(2, 0, 3, 1, 4)
-    out = np.empty((B, T, H, D // H), x.dtype)
-    core = _Attention(q, k, v, causal, out=out.transpose(0, 2, 1, 3))
+    out = np.empty((B, Tq, H, D // H), x.dtype)
+    core = _Attention(q[:, :, :Tq], k, v, causal, out=out.transpose(0, 2, 1, 3))
 
     def vjp(g):
-        g = g.reshape(B, T, H, D // H).transpose(0, 2, 1, 3)  # (B, H, T, D/H)
+        g = g.reshape(B, Tq, H, D // H).transpose(0, 2, 1, 3)  # (B, H, Tq, D/H)
         grad_qkv = np.empty((B, T, 3, H, D // H), x.dtype)
-        core.vjp(g, *grad_qkv.transpose(2, 0, 3, 1, 4))
+        grad_qkv[:, Tq:, 0] = 0  # the queries not asked for
+        grad_q, grad_k, grad_v = grad_qkv.transpose(2, 0, 3, 1, 4)
+        core.vjp(g, grad_q[:, :, :Tq], grad_k, grad_v)
         grad_qkv = grad_qkv.reshape(-1, 3 * D)  # (N, 3D); the query's part by scaled q
         grad_x = (grad_qkv @ stacked).reshape(x.shape) if x.requires_grad else None
         grad_w = grad_qkv.T @ rows  # (3D, D)
@@ -330,7 +339,7 @@ def self_attention(x: Tensor, query: tuple, key: tuple, value: tuple, n_heads: i
         return (grad_x, *grads)
 
     parents = (x, *(p for p in params if p is not None))
-    return Tensor.make(out.reshape(B, T, D), parents, vjp)
+    return Tensor.make(out.reshape(B, Tq, D), parents, vjp)
 
 
 # ----- layer norm --------------------------------------------------------------------------------

@@ -182,23 +182,29 @@ def test_attention_over_long_rows_keeps_no_weights():
            lambda q, k, v: F.attention(q, k, v, True), [q.data, k.data, v.data], 7)
 
 
-def _heads_composition(x, wq, bq, wk, bk, wv, bv, n_heads, causal, attention=F.attention):
+def _heads_composition(x, wq, bq, wk, bk, wv, bv, n_heads, causal, attention=F.attention,
+                       queries=None):
     B, T, D = x.shape
+    Tq = T if queries is None else queries
 
     def heads(t):
-        return t.reshape(B, T, n_heads, D // n_heads).transpose(0, 2, 1, 3)
+        return t.reshape(B, t.shape[1], n_heads, D // n_heads).transpose(0, 2, 1, 3)
 
-    q, k, v = (heads(F.linear(x, w, b)) for w, b in ((wq, bq), (wk, bk), (wv, bv)))
-    return attention(q, k, v, causal).transpose(0, 2, 1, 3).reshape(B, T, D)
+    q = heads(F.linear(x[:, :Tq], wq, bq))  # the first Tq positions ask
+    k, v = (heads(F.linear(x, w, b)) for w, b in ((wk, bk), (wv, bv)))
+    return attention(q, k, v, causal).transpose(0, 2, 1, 3).reshape(B, Tq, D)
 
 
 @DTYPES
 @pytest.mark.parametrize("causal", [False, True])
 @given(batch=st.integers(1, 3), seq=st.integers(1, 7), n_heads=st.integers(1, 3),
-       head_dim=st.integers(1, 3), biases=st.sampled_from(["all", "none", "some"]), seed=SEEDS)
+       head_dim=st.integers(1, 3), biases=st.sampled_from(["all", "none", "some"]), seed=SEEDS,
+       asking=st.floats(0, 1))
 def test_self_attention_is_the_composition(dtype, causal, batch, seq, n_heads, head_dim, biases,
-                                           seed):
-    # seq up to 7 and head_dim down to 1: both short rows (weights kept) and long (recomputed)
+                                           seed, asking):
+    # seq up to 7 and head_dim down to 1: both short rows (weights kept) and long (recomputed);
+    # all positions ask (queries=None) or the first 1..seq
+    queries = None if asking == 1 else 1 + int(asking * seq)
     rng = np.random.default_rng(seed)
     d = n_heads * head_dim
     x = rng.standard_normal((batch, seq, d))
@@ -216,9 +222,10 @@ def test_self_attention_is_the_composition(dtype, causal, batch, seq, n_heads, h
             return f(x, *pairs)
         return g
 
-    _agree(with_pairs(lambda x, *pairs: fast.self_attention(x, *pairs, n_heads, causal)),
+    _agree(with_pairs(lambda x, *pairs: fast.self_attention(x, *pairs, n_heads, causal,
+                                                            queries)),
            with_pairs(lambda x, *pairs: _heads_composition(
-               x, *(t for pair in pairs for t in pair), n_heads, causal)),
+               x, *(t for pair in pairs for t in pair), n_heads, causal, queries=queries)),
            [x, *ws, *bs], seed, dtype)
 
 
@@ -226,6 +233,10 @@ def test_self_attention_bad_shapes():
     with pytest.raises(ValueError, match=r"self_attention: weights must be \(4, 4\)"):
         fast.self_attention(np.ones((1, 2, 4)), (np.ones((4, 4)), None), (np.ones((4, 3)), None),
                             (np.ones((4, 4)), None), 2)
+    square = (np.ones((4, 4)), None)
+    for queries in (0, 3):
+        with pytest.raises(ValueError, match=rf"queries must be in \[1, 2\], got {queries}"):
+            fast.self_attention(np.ones((1, 2, 4)), square, square, square, 2, queries=queries)
 
 
 # ----- layer_norm --------------------------------------------------------------------------------

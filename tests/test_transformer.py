@@ -57,6 +57,34 @@ def test_whole_model_gradient_matches_central_differences(head, causal, fused):
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_classifier_computes_the_last_block_at_the_first_position_only(fused, causal, dtype):
+    # classify_logits runs the last block for the first position alone: the same logits and
+    # gradients as the classifier on the full forward's first position, to rounding
+    rng = np.random.default_rng(2)
+    ids = rng.integers(0, TINY.vocab_size, (4, 5))
+    targets = rng.integers(0, TINY.num_classes, 4)
+    results = []
+    for full in (False, True):
+        model = Transformer(replace(TINY, fused=fused, dtype=dtype), seed=3)
+        logits = (model.classifier(model(ids, causal)[:, 0, :]) if full
+                  else model.classify_logits(ids, causal))
+        F.cross_entropy(logits, targets).backward()
+        results.append([logits.data] + [p.grad for _, p in model.named_parameters()
+                                        if not _.startswith("lm_head")])
+    rtol = {"float64": 1e-12, "float32": 1e-5}[dtype]
+    for fast_one, full_one in zip(*results):
+        assert fast_one.dtype == np.dtype(dtype)
+        # relative to the largest entry, or to 1 where all are tiny (the key bias's gradient
+        # is 0 up to rounding: softmax ignores what it adds to a whole row)
+        np.testing.assert_allclose(fast_one, full_one, rtol=rtol,
+                                   atol=rtol * max(1.0, np.abs(full_one).max()))
+    with no_grad():  # only the first position: (B, 1, D)
+        assert Transformer(TINY, seed=3)(ids, queries=1).shape == (4, 1, TINY.d_model)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
 def test_causal_mask_hides_the_future(fused):
     model = Transformer(replace(TINY, fused=fused), seed=0)
     ids = np.array([[1, 2, 3, 4, 5]])

@@ -102,30 +102,36 @@ class SelfAttention(Module):
         self.dropout = Dropout(config.dropout, rng)  # on the attention weights
         self.fused = fused
 
-    def mix(self, x: Tensor, causal: bool) -> Tensor:
-        """The heads' outputs, side by side, before the output projection: (B, T, D)."""
+    def mix(self, x: Tensor, causal: bool, queries: int | None = None) -> Tensor:
+        """The heads' outputs, side by side, before the output projection: (B, T, D), or
+        (B, queries, D) when only the first ``queries`` positions attend (all are keys)."""
         B, T, D = x.shape
         H = self.n_heads
         if self.fused and not (self.training and self.dropout.p):  # one primitive
             return fast.self_attention(x, *(
                 (lin.weight, lin.bias) for lin in (self.self.query, self.self.key,
-                                                   self.self.value)), H, causal)
+                                                   self.self.value)), H, causal, queries)
 
-        def heads(t: Tensor) -> Tensor:  # (B, T, D) -> (B, H, T, D/H)
-            return t.reshape(B, T, H, D // H).transpose(0, 2, 1, 3)
+        def heads(t: Tensor) -> Tensor:  # (B, T', D) -> (B, H, T', D/H)
+            return t.reshape(B, t.shape[1], H, D // H).transpose(0, 2, 1, 3)
 
-        q, k, v = heads(self.self.query(x)), heads(self.self.key(x)), heads(self.self.value(x))
+        asking = x if queries is None else x[:, :queries]  # (B, Tq, D)
+        q, k, v = heads(self.self.query(asking)), heads(self.self.key(x)), heads(self.self.value(x))
         # softmax(q k^T / sqrt(D/H)) v per head, dropout on the weights
         mixed = F.attention(q, k, v, causal, self.dropout.p, self.training,
-                            self.dropout.rng)  # (B, H, T, D/H)
-        return mixed.transpose(0, 2, 1, 3).reshape(B, T, D)
+                            self.dropout.rng)  # (B, H, Tq, D/H)
+        return mixed.transpose(0, 2, 1, 3).reshape(B, asking.shape[1], D)
 
-    def forward(self, x: Tensor, causal: bool) -> Tensor:
-        return self.output.dense(self.mix(x, causal))  # (B, T, D)
+    def forward(self, x: Tensor, causal: bool, queries: int | None = None) -> Tensor:
+        return self.output.dense(self.mix(x, causal, queries))  # (B, Tq, D)
 
 
 class Block(Module):
-    """x + attention(LN(x)), then x + FFN(LN(x)), with FFN = dense(GELU(dense(x))) of width 4D."""
+    """x + attention(LN(x)), then x + FFN(LN(x)), with FFN = dense(GELU(dense(x))) of width 4D.
+
+    ``queries``: the output at the first ``queries`` positions only, (B, queries, D): every
+    position is a key and a value, but only those attend and go through the feed-forward layer
+    (what a classifier reading the first token needs of the last block)."""
 
     def __init__(self, config: TransformerConfig, rng: np.random.Generator):
         d, dtype, fused = config.d_model, config.dtype, config.fused
@@ -137,22 +143,24 @@ class Block(Module):
         self.dropout = Dropout(config.dropout, rng)
         self.fused = fused
 
-    def forward(self, x: Tensor, causal: bool) -> Tensor:
+    def forward(self, x: Tensor, causal: bool, queries: int | None = None) -> Tensor:
         if self.fused and not (self.training and self.dropout.p):
-            return self._fused_forward(x, causal)
-        x = x + self.dropout(self.attention(self.attention_norm(x), causal))  # (B, T, D)
-        hidden = F.gelu(self.intermediate.dense(self.ffn_norm(x)))  # (B, T, 4D)
-        return x + self.dropout(self.output.dense(hidden))  # (B, T, D)
+            return self._fused_forward(x, causal, queries)
+        mixed = self.attention(self.attention_norm(x), causal, queries)  # (B, Tq, D)
+        x = (x if queries is None else x[:, :queries]) + self.dropout(mixed)  # (B, Tq, D)
+        hidden = F.gelu(self.intermediate.dense(self.ffn_norm(x)))  # (B, Tq, 4D)
+        return x + self.dropout(self.output.dense(hidden))  # (B, Tq, D)
 
-    def _fused_forward(self, x: Tensor, causal: bool) -> Tensor:
+    def _fused_forward(self, x: Tensor, causal: bool, queries: int | None) -> Tensor:
         """The same function, one primitive per sub-layer (no dropout to apply)."""
         attention, intermediate, output = (self.attention.output.dense, self.intermediate.dense,
                                            self.output.dense)
-        mixed = self.attention.mix(self.attention_norm(x), causal)  # (B, T, D)
-        x = fast.residual_linear(x, mixed, attention.weight, attention.bias)  # (B, T, D)
+        mixed = self.attention.mix(self.attention_norm(x), causal, queries)  # (B, Tq, D)
+        x = x if queries is None else x[:, :queries]
+        x = fast.residual_linear(x, mixed, attention.weight, attention.bias)  # (B, Tq, D)
         hidden = fast.linear_gelu(self.ffn_norm(x), intermediate.weight,
-                                  intermediate.bias)  # (B, T, 4D)
-        return fast.residual_linear(x, hidden, output.weight, output.bias)  # (B, T, D)
+                                  intermediate.bias)  # (B, Tq, 4D)
+        return fast.residual_linear(x, hidden, output.weight, output.bias)  # (B, Tq, D)
 
 
 class Transformer(Module):
@@ -161,6 +169,10 @@ class Transformer(Module):
     ``model(ids)`` returns the final hidden states (B, T, D); ``lm_logits(ids)`` the language-model
     logits (B, T, V); ``classify_logits(ids)`` the class logits (B, C) from the first token.
     ``seed`` fixes the initialization and the dropout masks.
+
+    The classifier reads the first position only, so the last block computes that position
+    alone (``queries=1``): the same function (and, without dropout, the same numbers to
+    rounding) at a fraction of the last block's cost.
     """
 
     def __init__(self, config: TransformerConfig, seed: int = 0):
@@ -179,7 +191,9 @@ class Transformer(Module):
             self.classifier = Linear(d, config.num_classes, rng, dtype=dtype, fused=fused)
         self.dropout = Dropout(config.dropout, rng)
 
-    def forward(self, ids, causal: bool | None = None) -> Tensor:
+    def forward(self, ids, causal: bool | None = None, queries: int | None = None) -> Tensor:
+        """The final hidden states (B, T, D); ``queries``: those of the first ``queries``
+        positions only, (B, queries, D), which the last block then computes alone."""
         ids = np.asarray(ids)
         B, T = ids.shape
         if T > self.config.max_len:
@@ -193,9 +207,9 @@ class Transformer(Module):
         else:
             x = word(ids) + position(np.arange(T))  # (B, T, D)
         x = self.dropout(x)
-        for block in self.blocks:
-            x = block(x, causal)
-        return self.final_norm(x)  # (B, T, D)
+        for i, block in enumerate(self.blocks):
+            x = block(x, causal, queries if i == len(self.blocks) - 1 else None)
+        return self.final_norm(x)  # (B, Tq, D)
 
     def lm_logits(self, ids, causal: bool | None = None) -> Tensor:
         return self.lm_head(self.forward(ids, causal))  # (B, T, V)
@@ -203,5 +217,5 @@ class Transformer(Module):
     def classify_logits(self, ids, causal: bool | None = None) -> Tensor:
         if not self.config.num_classes:
             raise ValueError("Transformer: this model has no classification head (num_classes=0)")
-        first = self.forward(ids, causal)[:, 0, :]  # (B, D)
+        first = self.forward(ids, causal, queries=1)[:, 0, :]  # (B, D)
         return self.classifier(first)  # (B, C)

@@ -2,10 +2,11 @@
 
 It watches the SAGE group's matrices (:func:`sage_matrices`: the 2-D parameters that the official
 split of :mod:`minisage.spec.split` gives SAGE) and measures them with a SAGE spec rule, its
-*shadow rule*: at every step (after clipping, before the update) it runs the rule's own checks
-and clipping (``rule.prepare``) and its multiplier block (``rule.multiplier_into``, the SAGE part
-of the rule's update) on each watched matrix, with its own copy of the sensitivity average, and
-keeps the rule's trace at the recorded steps. So the numbers are exactly the ones the rule
+*shadow rule*: at every step (after clipping, before the update) it runs the rule's per-matrix
+clipping and its multiplier block (``rule.multiplier_into``, the SAGE part of the rule's update)
+over the watched matrices, as one flat array (the block is elementwise, so this changes no
+rounding), with its own copy of the sensitivity average, and keeps the rule's trace at the
+recorded steps. So the numbers are exactly the ones the rule
 computes -- I, Ibar, the bias-corrected Ihat where the rule corrects, U and r with the rule's own
 epsilon and clipping -- and need no second statement of them.
 
@@ -19,6 +20,7 @@ epsilon and clipping -- and need no second statement of them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,7 @@ import numpy as np
 
 from minisage import spec
 from minisage.optim import optimizer_class
+from minisage.spec.clipping import clip_factor, grad_norm
 from minisage.spec.split import official_group
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -88,7 +91,8 @@ class SensitivityRecorder:
     every: int = 10
     checkpoints: tuple[int, ...] = ()
     sample_size: int = 20000
-    states: dict[str, dict] = field(default_factory=dict)  # the shadow rule's state per matrix
+    #: per matrix ``{"step": t, "sensitivity_ema": Ibar}``: the shadow rule's state that it uses
+    states: dict[str, dict] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)  # one per (step, layer, quantity)
     mechanism: list[dict] = field(default_factory=list)  # one per recorded step
     histograms: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
@@ -96,6 +100,9 @@ class SensitivityRecorder:
     initial: dict[str, np.ndarray] = field(default_factory=dict)
     _scratch: spec.Scratch = field(default_factory=spec.Scratch, repr=False)
     _watched: dict[str, bool] = field(default_factory=dict, repr=False)
+    #: names of a group of matrices -> (bounds, their Ibar as one flat array)
+    _flat: dict[tuple[str, ...], tuple[list[int], np.ndarray]] = field(default_factory=dict,
+                                                                         repr=False)
 
     def on_gradients(self, step: int, model, optimizer) -> None:
         """The training callback: observe the model's gradients at ``step``."""
@@ -105,23 +112,25 @@ class SensitivityRecorder:
         """Advance the shadow rule on the current gradients of ``named_params``; record ``step``."""
         record = bool(self.every) and step % self.every == 0
         snapshot = step in self.checkpoints
-        traces = {}
+        groups: dict[tuple, list[tuple[str, Any]]] = {}  # (dtype, step count) -> matrices
         for name, p in named_params:
             if p.grad is None:
                 continue
             watched = self._watched.get(name)
             if watched is None:  # the split's patterns are matched once per name
                 watched = self._watched[name] = is_sage_matrix(name, p)
-            if not watched:
-                continue
-            first = name not in self.first_sensitivity
-            trace = {} if (record or snapshot or first) else None
-            self.states[name] = self._advance(name, p, trace)
-            if trace is not None:
-                traces[name] = trace
-            if first:
-                self.first_sensitivity[name] = trace["sensitivity"]
-                self.initial[name] = p.data.copy()
+            if watched:
+                step_count = self.states[name]["step"] if name in self.states else 0
+                groups.setdefault((p.data.dtype, step_count), []).append((name, p))
+        traces = {}
+        for group in groups.values():
+            first = [name for name, _ in group if name not in self.first_sensitivity]
+            keep = record or snapshot or bool(first)
+            traces.update(self._advance(group, keep))
+            for name, p in group:
+                if name in first:
+                    self.first_sensitivity[name] = traces[name]["sensitivity"]
+                    self.initial[name] = p.data.copy()
         if not traces or not (record or snapshot):  # traces: only at these steps
             return
         if record:
@@ -148,18 +157,71 @@ class SensitivityRecorder:
                 sample = {k: v[keep] for k, v in sample.items()}
             self.histograms[step] = sample
 
-    def _advance(self, name: str, p, trace: dict | None) -> dict:
-        """The shadow rule's state of ``name`` after this step: the rule's own checks and
-        clipping (:meth:`spec.Rule.prepare`), then its multiplier block (which advances Ibar in
-        place; the moments the state also keeps are never used). ``trace``, when a dict, gets
-        I, Ibar, Ihat, U and r."""
-        state = self.states.get(name) or self.rule.init(p.data)
-        prep = self.rule.prepare(p.data, p.grad, state, name=name, scratch=self._scratch)
-        grad = prep.clipped_grad(out=self._scratch.get(0, prep.grad))
-        self.rule.multiplier_into(prep.param, grad, prep.state["sensitivity_ema"], prep.t,
-                                  out=self._scratch.get(1, prep.param),
-                                  work=self._scratch.get(2, prep.param), trace=trace)
-        return {**prep.state, "step": prep.t}
+    def _advance(self, group: list[tuple[str, Any]], keep: bool) -> dict[str, dict]:
+        """One step of the shadow rule on matrices of one dtype and step count, as one flat
+        array: the rule's clipping (per matrix, the norm as its ``prepare`` computes it), then
+        its multiplier block (which advances Ibar in place). Returns ``{name: trace}`` (I, Ibar,
+        Ihat, U and r in each matrix's shape) when ``keep``, else ``{}``.
+
+        The rule's own checks (``prepare``) run only where a shape differs or a sum is not
+        finite: they name the matrix, before anything is written."""
+        names = tuple(name for name, _ in group)
+        params = [q.data for _, q in group]
+        grads = [np.asarray(q.grad) for _, q in group]
+        if any(g.shape != q.shape for g, q in zip(grads, params)):
+            self._check(group)
+        bounds, ibar = self._flat_ema(names, params)
+        total, dtype = bounds[-1], params[0].dtype
+        p = np.concatenate([q.reshape(-1) for q in params],
+                           out=self._scratch.take(3, (total,), dtype))
+        g = np.concatenate([q.reshape(-1) for q in grads],
+                           out=self._scratch.take(0, (total,), dtype), casting="same_kind")
+        max_norm = self.rule._max_grad_norm()
+        with np.errstate(over="ignore", invalid="ignore"):
+            # one pass decides finiteness, as in prepare: the norms (or the sum) and p's sum
+            norms = ([grad_norm(g[lo:hi], out=self._scratch.take(2, (hi - lo,), dtype))
+                      for lo, hi in zip(bounds, bounds[1:])] if max_norm > 0 else [])
+            totals = (*norms, g.sum() if max_norm <= 0 else 0.0, p.sum())
+        if not all(math.isfinite(x) for x in totals):
+            self._check(group)
+        for lo, hi, norm in zip(bounds, bounds[1:], norms):
+            clip = clip_factor(max_norm, norm)
+            if clip is not None:
+                # g = g * c   (per matrix)
+                g[lo:hi] *= clip
+        t = self.states[names[0]]["step"] + 1
+        trace = {} if keep else None
+        self.rule.multiplier_into(p, g, ibar, t, out=self._scratch.take(1, (total,), dtype),
+                                  work=self._scratch.take(2, (total,), dtype), trace=trace)
+        for name in names:
+            self.states[name]["step"] = t
+        if trace is None:
+            return {}
+        return {name: {k: v[lo:hi].reshape(q.shape) for k, v in trace.items()}
+                for name, q, lo, hi in zip(names, params, bounds, bounds[1:])}
+
+    def _check(self, group: list[tuple[str, Any]]) -> None:
+        """The shadow rule's checks of each matrix (its error names the culprit)."""
+        for name, q in group:
+            self.rule.prepare(q.data, q.grad, self.rule.init(q.data), name=name)
+
+    def _flat_ema(self, names: tuple[str, ...], params: list[np.ndarray]
+                  ) -> tuple[list[int], np.ndarray]:
+        """The bounds of ``names`` in one flat array, and their Ibar as that array (each
+        state's ``sensitivity_ema`` is then a view of it), made at the first step of a group."""
+        cached = self._flat.get(names)
+        if cached is not None:
+            return cached
+        bounds = np.cumsum([0] + [q.size for q in params]).tolist()
+        ibar = np.concatenate([self.states[n]["sensitivity_ema"].reshape(-1) if n in self.states
+                               else np.zeros(q.size, q.dtype) for n, q in zip(names, params)])
+        for name, q, lo, hi in zip(names, params, bounds, bounds[1:]):
+            step = self.states[name]["step"] if name in self.states else 0
+            self.states[name] = {"step": step, "sensitivity_ema": ibar[lo:hi].reshape(q.shape)}
+        # a matrix belongs to one flat array at a time
+        self._flat = {k: v for k, v in self._flat.items() if not set(k) & set(names)}
+        self._flat[names] = (bounds, ibar)
+        return bounds, ibar
 
     def state_dict(self) -> dict[str, Any]:
         """What the recorder holds (copies), for checkpoints."""
@@ -186,6 +248,7 @@ class SensitivityRecorder:
             raise ValueError("SensitivityRecorder.load_state_dict: rows must be dicts")
         self.states = {str(n): {k: (int(v) if k == "step" else np.array(v)) for k, v in s.items()}
                        for n, s in state["states"].items()}
+        self._flat = {}  # the flat arrays are made again from these states
         self.rows = [dict(r) for r in state["rows"]]
         self.mechanism = [dict(m) for m in state["mechanism"]]
         self.histograms = {int(s): {str(k): np.asarray(v).copy() for k, v in h.items()}
