@@ -209,3 +209,69 @@ def test_a_step_is_all_or_nothing():
     for idx, st in opt.state_dict()["state"].items():
         for key, value in st.items():
             assert np.array_equal(value, saved[idx][key])
+
+
+# ----- prepare_many: prepare of each tensor, bit for bit ------------------------------------------
+def _same_prepared(got, want):
+    assert got.param is want.param
+    assert got.grad.dtype == want.grad.dtype and np.array_equal(got.grad, want.grad)
+    assert got.t == want.t and got.lr == want.lr
+    assert (got.clip is None) == (want.clip is None)
+    if want.clip is not None:
+        assert type(got.clip) is type(want.clip) and got.clip == want.clip
+    assert got.state.keys() == want.state.keys()
+    for key, value in want.state.items():
+        assert np.array_equal(got.state[key], value)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("preset", ["bert-adamw", "adamw-sage", "adamax-sage", "adam-sage",
+                                    "adamw"])
+# the clipping threshold as a multiple of the norm of all gradients together: far below, at, and
+# around the margin within which the flat check cannot tell that no tensor is clipped
+@pytest.mark.parametrize("factor", [0.05, 0.5, 0.999, 1.0, 1.0005, 1.001, 1.0011, 1.01, 3.0])
+def test_prepare_many_is_prepare_of_each_tensor(dtype, preset, factor):
+    rng = np.random.default_rng(round(factor * 1e4))
+    shapes = [(3, 4), (5,), (), (1, 1), (0, 2), (4, 3), (180, 200)]
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    # one tensor dominates the norm, so that it alone reaches the threshold near factor 1
+    grads = [(rng.standard_normal(s) * {5: 5.0, 6: 1e-3}.get(i, 0.1)).astype(dtype)
+             for i, s in enumerate(shapes)]
+    grads[3] = np.asfortranarray(grads[3])          # checked by prepare itself
+    grads[1] = grads[1].astype(np.float64 if dtype == np.float32 else np.float32)  # cast first
+    whole = np.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads))
+    hp = {"max_grad_norm": factor * whole} if "max_grad_norm" in spec.defaults(preset) else {}
+    rule = spec.make(preset, lr=1e-3, **hp)
+    states = [rule.init(p) for p in params]
+    states[0] = {**states[0], "step": 4}             # another step count
+    names = [f"w{i}" for i in range(len(params))]
+    got = rule.prepare_many(params, grads, states, 0.01, names=names)
+    for i, prep in enumerate(got):
+        _same_prepared(prep, rule.prepare(params[i], grads[i], states[i], 0.01, name=names[i]))
+    if hp and factor < 1:
+        assert got[5].clip is not None               # the dominant tensor is clipped
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_prepare_many_names_the_culprit_and_allows_finite_overflow(dtype):
+    rule = spec.make("adamw-sage", lr=1e-3)
+    params = [np.ones((2, 3), dtype), np.ones(4, dtype), np.ones(3, dtype)]
+    grads = [np.ones((2, 3), dtype), np.ones(4, dtype), np.ones(3, dtype)]
+    grads[1][2] = np.nan
+    states = [rule.init(p) for p in params]
+    with pytest.raises(FloatingPointError, match=r"non-finite gradient for parameter 'b' "
+                                                 r"\(1 of 4 entries"):
+        rule.prepare_many(params, grads, states, names=["a", "b", "c"])
+    grads[1][2] = 1.0
+    params[2][0] = -np.inf
+    with pytest.raises(FloatingPointError, match=r"non-finite value in parameter 'c'"):
+        rule.prepare_many(params, grads, states, names=["a", "b", "c"])
+    params[2][0] = 1.0
+    huge = np.finfo(dtype).max / 4                   # finite, but its square overflows
+    grads[0][0, 0] = huge
+    got = rule.prepare_many(params, grads, states)
+    for i, prep in enumerate(got):
+        _same_prepared(prep, rule.prepare(params[i], grads[i], states[i]))
+    assert got[0].clip == 0                          # its norm is inf: that tensor goes to 0
+    with pytest.raises(ValueError, match="as many grads, states and names as params"):
+        rule.prepare_many(params, grads[:2], states)

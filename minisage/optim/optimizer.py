@@ -1,13 +1,14 @@
 """The stateful optimizer: param groups, state, ``step``, ``zero_grad``, ``state_dict``.
 
 Every optimizer here is a thin loop over a :mod:`minisage.spec` rule, in two passes: the rule's
-``prepare`` checks every parameter's gradient and state and works out its lr, step count and
-clipping factor (nothing is written, so an error leaves everything as it was); then the rule's
-``update_into`` -- the one statement of its update -- writes into the parameters and their state
-in place. Small parameters that share a rule, an lr and a step count are updated together as flat
-arrays, and every flat array block by block (``BLOCK_BYTES``: all passes of the update over one
-block while it is in the cache, then the next). The numbers are those of the pure ``rule.step``,
-bit for bit: the update is elementwise, so neither batching nor blocking changes a rounding.
+``prepare`` (as ``prepare_many``, a group at a time) checks every parameter's gradient and state and
+works out its lr, step count and clipping factor (nothing is written, so an error leaves everything
+as it was); then the rule's ``update_into`` -- the one statement of its update -- writes into the
+parameters and their state in place. Small parameters that share a rule, an lr and a step count are
+updated together as flat arrays, and every flat array block by block (``BLOCK_BYTES``: all passes of
+the update over one block while it is in the cache, then the next). The numbers are those of the
+pure ``rule.step``, bit for bit: the update is elementwise, so neither batching nor blocking changes
+a rounding.
 
 A parameter is any object with ``.data`` (a floating-point ndarray) and ``.grad`` (an ndarray of the
 same shape, or None: such parameters are skipped, as in torch). ``params`` may be parameters,
@@ -192,15 +193,16 @@ class Optimizer:
         for gi, group in enumerate(self.param_groups):
             rule = self._rule(gi)
             lr_t = lr if lr_factor is None else group["lr"] * float(lr_factor)
-            for p, name in zip(group["params"], group["names"]):
-                if p.grad is None:
-                    continue
-                idx = self._index[id(p)]
-                state = self.state.get(idx)
-                if state is None:
-                    state = rule.init(p.data)
-                prep = rule.prepare(p.data, p.grad, state, lr_t, name=name, scratch=self._scratch)
-                checked.append((idx, name, rule, prep))
+            ready = [(self._index[id(p)], name, p) for p, name in zip(group["params"],
+                                                                    group["names"])
+                     if p.grad is not None]
+            states = [self.state.get(idx) for idx, _, _ in ready]
+            preps = rule.prepare_many(
+                [p.data for _, _, p in ready], [p.grad for _, _, p in ready],
+                [rule.init(p.data) if state is None else state
+                 for state, (_, _, p) in zip(states, ready)],
+                lr_t, names=[name for _, name, _ in ready], scratch=self._scratch)
+            checked.extend((idx, name, rule, prep) for (idx, name, _), prep in zip(ready, preps))
         # every step is checked: from here on, write
         traces: dict[str, dict[str, np.ndarray]] | None = {} if self.record else None
         batches: dict[tuple, list[tuple[str, spec.Rule, Prepared]]] = {}

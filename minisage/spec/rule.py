@@ -27,7 +27,7 @@ and writes its update in ``update_into``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
@@ -35,6 +35,12 @@ import numpy as np
 from minisage.spec import _checks
 from minisage.spec.clipping import clip_factor, grad_norm
 from minisage.spec.sage import multiplier_into
+
+#: :meth:`Rule.prepare_many` checks tensors up to this many entries as one flat array
+FLAT_CHECK_MAX = 1 << 15
+#: the relative margin by which the norm of all gradients must be below the clipping threshold
+#: for :meth:`Rule.prepare_many` to know, without each tensor's norm, that none is clipped
+CLIP_MARGIN = 1e-3
 
 
 class _Required:
@@ -189,6 +195,75 @@ class Rule:
         lr_t = self._step_lr(lr, st["step"])
         clip = clip_factor(max_norm, norm) if max_norm > 0 else None
         return Prepared(p, g, st, st["step"] + 1, lr_t, clip)
+
+    def prepare_many(self, params: Sequence[np.ndarray], grads: Sequence[np.ndarray],
+                     states: Sequence[Mapping[str, Any]], lr: float | None = None, *,
+                     names: Sequence[str | None] | None = None,
+                     scratch: Scratch | None = None) -> list[Prepared]:
+        """:meth:`prepare` of several tensors: the same results, bit for bit, and the error
+        :meth:`prepare` raises for a culprit, with the per-tensor work a few comparisons.
+
+        The numeric checks run once over the small C-contiguous tensors of one dtype, seen as
+        one flat array: a finite sum means finite entries, and no tensor's gradient norm
+        exceeds the norm of all of them together, so where that is clearly below the clipping
+        threshold no tensor is clipped (``clip`` None, as :meth:`prepare` finds); otherwise
+        each tensor's norm is summed as :meth:`prepare` sums it. Other tensors go through
+        :meth:`prepare` itself. Writes nothing (``scratch``: room for the flat arrays)."""
+        names = [None] * len(params) if names is None else list(names)
+        if not len(params) == len(grads) == len(states) == len(names):
+            raise ValueError(f"{self.name}: prepare_many needs as many grads, states and names "
+                             "as params")
+        if lr is not None:
+            lr = _checks.nonneg(self.name, "lr", lr)
+        scratch = Scratch() if scratch is None else scratch
+        out: list[Prepared | None] = [None] * len(params)
+        flat: dict[np.dtype, list[int]] = {}  # dtype -> the tensors checked as one flat array
+        for i, (param, grad) in enumerate(zip(params, grads)):
+            p, g = np.asarray(param), np.asarray(grad)
+            if (p.dtype.kind == "f" and g.dtype == p.dtype and g.shape == p.shape
+                    and p.size <= FLAT_CHECK_MAX and p.flags.c_contiguous
+                    and g.flags.c_contiguous):
+                flat.setdefault(p.dtype, []).append(i)
+            else:
+                out[i] = self.prepare(p, g, states[i], lr, name=names[i], scratch=scratch)
+        for dtype, members in flat.items():
+            clips = self._flat_checks([params[i] for i in members], [grads[i] for i in members],
+                                      dtype, scratch)
+            if clips is None:  # a sum is not finite: prepare looks closer, names the culprit
+                for i in members:
+                    out[i] = self.prepare(params[i], grads[i], states[i], lr, name=names[i],
+                                          scratch=scratch)
+                continue
+            for i, clip in zip(members, clips):
+                p = np.asarray(params[i])
+                label = f"parameter {names[i]!r}" if names[i] else "the parameter"
+                st = self._check_state(states[i], p, label)
+                out[i] = Prepared(p, np.asarray(grads[i]), st, st["step"] + 1,
+                                  self._step_lr(lr, st["step"]), clip)
+        return out  # type: ignore[return-value]
+
+    def _flat_checks(self, params: list, grads: list, dtype: np.dtype,
+                     scratch: Scratch) -> list | None:
+        """Each tensor's clipping factor (see :meth:`prepare_many`), or None if a gradient or
+        parameter is not finite."""
+        total = sum(p.size for p in params)
+        p = np.concatenate([a.reshape(-1) for a in params],
+                           out=scratch.take(1, (total,), dtype))
+        g = np.concatenate([a.reshape(-1) for a in grads], out=scratch.take(0, (total,), dtype))
+        max_norm = self._max_grad_norm()
+        with np.errstate(over="ignore", invalid="ignore"):
+            squares = np.multiply(g, g, out=g)
+            # ||g_i|| <= ||(g_1, ..., g_n)||: sums in another order agree to ~n eps, far inside
+            # the margin, so when the whole is below it no tensor is clipped
+            whole = np.sqrt(np.add.reduce(squares))
+            if not (math.isfinite(whole) and math.isfinite(np.add.reduce(p))):
+                return None
+            if max_norm <= 0 or whole * (1 + CLIP_MARGIN) < max_norm - 1e-6:
+                return [None] * len(params)
+            bounds = np.cumsum([0] + [a.size for a in params]).tolist()
+            # n = sqrt(sum(g * g)), as prepare sums it (a tensor's squares in memory order)
+            return [clip_factor(max_norm, np.sqrt(np.add.reduce(squares[a:b])))
+                    for a, b in zip(bounds, bounds[1:])]
 
     def update_into(self, p: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray], t: int,
                     lr_t: float, scratch: Scratch, trace: dict | None = None) -> None:

@@ -235,7 +235,8 @@ def train(config: TrainConfig, task: Task | None = None, *, init_state: dict | N
         for step in range(start_step, last_step + 1):
             tick = time.perf_counter()
             ids, targets = batch_for_step(task, config.seed, step, config.batch_size)
-            model.zero_grad()
+            for p in params:  # model.zero_grad(), without walking the modules again
+                p.grad = None
             loss, _ = loss_and_logits(model, task, ids, targets)
             loss.backward()
             loss_value = loss.item()

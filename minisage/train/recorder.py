@@ -100,13 +100,17 @@ class SensitivityRecorder:
     initial: dict[str, np.ndarray] = field(default_factory=dict)
     _scratch: spec.Scratch = field(default_factory=spec.Scratch, repr=False)
     _watched: dict[str, bool] = field(default_factory=dict, repr=False)
+    _model: Any = field(default=None, repr=False)
+    _named: list = field(default_factory=list, repr=False)
     #: names of a group of matrices -> (bounds, their Ibar as one flat array)
     _flat: dict[tuple[str, ...], tuple[list[int], np.ndarray]] = field(default_factory=dict,
                                                                          repr=False)
 
     def on_gradients(self, step: int, model, optimizer) -> None:
         """The training callback: observe the model's gradients at ``step``."""
-        self.observe(step, model.named_parameters())
+        if self._model is not model:  # its parameters, listed once
+            self._model, self._named = model, list(model.named_parameters())
+        self.observe(step, self._named)
 
     def observe(self, step: int, named_params) -> None:
         """Advance the shadow rule on the current gradients of ``named_params``; record ``step``."""
@@ -135,11 +139,13 @@ class SensitivityRecorder:
             return
         if record:
             for name, trace in traces.items():
-                for quantity in QUANTITIES:
-                    qs = np.quantile(trace[quantity], QUANTILES)
+                # (quantiles, quantities): one call per layer, the numbers of one per quantity
+                qs = np.quantile(np.stack([trace[k].ravel() for k in QUANTITIES]), QUANTILES,
+                                 axis=1)
+                for quantity, column in zip(QUANTITIES, qs.T):
                     self.rows.append({"step": step, "layer": name, "quantity": quantity,
                                       **{f"q{int(q * 100):02d}": float(v)
-                                         for q, v in zip(QUANTILES, qs)}})
+                                         for q, v in zip(QUANTILES, column)}})
         ihat = np.concatenate([t["sensitivity_ema_hat"].ravel() for t in traces.values()])
         r = np.concatenate([t["lr_multiplier"].ravel() for t in traces.values()])
         if record:
