@@ -253,9 +253,13 @@ def run_jobs(jobs: Sequence[Job], processes: int | Workers = 1,
     stops at once (the workers are terminated), keeps the finished runs, and returns
     ``complete=False``."""
     records: dict[int, dict] = {}
+    # the longest runs first (SAGE's multiplier block makes its runs the longer ones), so that
+    # the last runs to start are short and the processes finish close together
+    order = sorted(enumerate(jobs), key=lambda item: (
+        -item[1].config.steps, not spec.rule_class(item[1].config.optimizer).sage))
     with _workers(processes, len(jobs)) as workers:
         try:
-            for i, record in workers.imap_unordered(_run_indexed, list(enumerate(jobs))):
+            for i, record in workers.imap_unordered(_run_indexed, order):
                 records[i] = record
                 if on_done:
                     on_done(record)
