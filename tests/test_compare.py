@@ -89,6 +89,25 @@ def test_recorder_multiplier_is_the_optimizers_bit_for_bit(preset):
         np.testing.assert_array_equal(mine, theirs)
 
 
+def test_recorder_names_a_non_finite_gradient_and_keeps_its_state():
+    config = TrainConfig(task="sort", optimizer="adamw-sage", steps=2, record_every=1, **TINY)
+    result = train(config)
+    recorder, model = result.recorder, result.model
+    before = recorder.state_dict()
+    name, bad = next((n, p) for n, p in model.named_parameters() if n in recorder.states)
+    for p in model.parameters():
+        p.grad = np.ones_like(p.data)
+    bad.grad[0, 0] = np.nan
+    with pytest.raises(FloatingPointError, match=f"non-finite gradient for parameter '{name}' "
+                                                 r"\(1 of"):
+        recorder.on_gradients(3, model, result.optimizer)
+    after = recorder.state_dict()
+    assert after["rows"] == before["rows"] and after["mechanism"] == before["mechanism"]
+    for n, state in before["states"].items():
+        assert after["states"][n]["step"] == state["step"] == 2
+        assert np.array_equal(after["states"][n]["sensitivity_ema"], state["sensitivity_ema"])
+
+
 def test_recorder_of_a_plain_run_measures_what_its_sage_pair_would():
     config = TrainConfig(task="sort", optimizer="bert-adamw", steps=4, record_every=2, **TINY)
     result = train(config)
@@ -218,19 +237,23 @@ def test_ctrl_c_keeps_the_finished_runs_and_marks_the_summary_partial(tmp_path, 
     real = cmp.run_job
     calls = []
 
-    def interrupted_at_the_fourth(job):  # Ctrl-C arrives while the fourth run trains
+    def interrupted_at_the_fifth(job):  # Ctrl-C arrives while the fifth run trains
         calls.append(job)
-        if len(calls) == 4:
+        if len(calls) == 5:
             raise KeyboardInterrupt
         return real(job)
 
-    monkeypatch.setattr(cmp, "run_job", interrupted_at_the_fourth)
+    monkeypatch.setattr(cmp, "run_job", interrupted_at_the_fifth)
     base = cmp.default_config("sort", steps=3, **TINY)
-    with pytest.raises(KeyboardInterrupt, match="3 finished runs"):
+    with pytest.raises(KeyboardInterrupt, match="4 finished runs"):
         cmp.compare(base, ["adamw", "adam-sage"], seeds=3, out=tmp_path, log=lambda _: None)
+    # the SAGE runs (the longer ones) start first
+    assert [(job.config.optimizer, job.config.seed) for job in calls] == [
+        ("adam-sage", 0), ("adam-sage", 1), ("adam-sage", 2), ("adamw", 0), ("adamw", 1)]
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["partial"] is True
-    # seed 0 finished for both optimizers, seed 1 for adamw only: the summary pairs seed 0
+    # seed 0 finished for both optimizers, seeds 1 and 2 for adam-sage only: the summary pairs
+    # seed 0
     assert saved["optimizers"]["adamw"]["seeds"] == [0]
     assert len(saved["paired"]["adam-sage"]["test_accuracy"]["per_seed"]) == 1
     assert (tmp_path / "learning_curves.png").exists()

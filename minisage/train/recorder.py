@@ -20,7 +20,6 @@ epsilon and clipping -- and need no second statement of them.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +27,6 @@ import numpy as np
 
 from minisage import spec
 from minisage.optim import optimizer_class
-from minisage.spec.clipping import clip_factor, grad_norm
 from minisage.spec.split import official_group
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -101,6 +99,7 @@ class SensitivityRecorder:
     _scratch: spec.Scratch = field(default_factory=spec.Scratch, repr=False)
     _watched: dict[str, bool] = field(default_factory=dict, repr=False)
     _model: Any = field(default=None, repr=False)
+    _initial_states: dict[str, dict] = field(default_factory=dict, repr=False)
     _named: list = field(default_factory=list, repr=False)
     #: names of a group of matrices -> (bounds, their Ibar as one flat array)
     _flat: dict[tuple[str, ...], tuple[list[int], np.ndarray]] = field(default_factory=dict,
@@ -164,38 +163,29 @@ class SensitivityRecorder:
             self.histograms[step] = sample
 
     def _advance(self, group: list[tuple[str, Any]], keep: bool) -> dict[str, dict]:
-        """One step of the shadow rule on matrices of one dtype and step count, as one flat
-        array: the rule's clipping (per matrix, the norm as its ``prepare`` computes it), then
-        its multiplier block (which advances Ibar in place). Returns ``{name: trace}`` (I, Ibar,
-        Ihat, U and r in each matrix's shape) when ``keep``, else ``{}``.
-
-        The rule's own checks (``prepare``) run only where a shape differs or a sum is not
-        finite: they name the matrix, before anything is written."""
+        """One step of the shadow rule on matrices of one dtype and step count: its checks and
+        clipping factors (``rule.prepare_many``: errors name the matrix, before anything is
+        written), then, over the matrices as one flat array, its multiplier block (which
+        advances Ibar in place). Returns ``{name: trace}`` (I, Ibar, Ihat, U and r in each
+        matrix's shape) when ``keep``, else ``{}``."""
         names = tuple(name for name, _ in group)
         params = [q.data for _, q in group]
-        grads = [np.asarray(q.grad) for _, q in group]
-        if any(g.shape != q.shape for g, q in zip(grads, params)):
-            self._check(group)
+        step = self.states[names[0]]["step"] if names[0] in self.states else 0
+        # the rule checks a whole state; the recorder keeps only Ibar, so zeros stand in
+        stand_ins = [{**self._zeros(name, q), "step": step} for name, q in zip(names, params)]
+        preps = self.rule.prepare_many(params, [q.grad for _, q in group], stand_ins,
+                                       names=names, scratch=self._scratch)
         bounds, ibar = self._flat_ema(names, params)
         total, dtype = bounds[-1], params[0].dtype
         p = np.concatenate([q.reshape(-1) for q in params],
                            out=self._scratch.take(3, (total,), dtype))
-        g = np.concatenate([q.reshape(-1) for q in grads],
-                           out=self._scratch.take(0, (total,), dtype), casting="same_kind")
-        max_norm = self.rule._max_grad_norm()
-        with np.errstate(over="ignore", invalid="ignore"):
-            # one pass decides finiteness, as in prepare: the norms (or the sum) and p's sum
-            norms = ([grad_norm(g[lo:hi], out=self._scratch.take(2, (hi - lo,), dtype))
-                      for lo, hi in zip(bounds, bounds[1:])] if max_norm > 0 else [])
-            totals = (*norms, g.sum() if max_norm <= 0 else 0.0, p.sum())
-        if not all(math.isfinite(x) for x in totals):
-            self._check(group)
-        for lo, hi, norm in zip(bounds, bounds[1:], norms):
-            clip = clip_factor(max_norm, norm)
-            if clip is not None:
+        g = np.concatenate([prep.grad.reshape(-1) for prep in preps],
+                           out=self._scratch.take(0, (total,), dtype))
+        for lo, hi, prep in zip(bounds, bounds[1:], preps):
+            if prep.clip is not None:
                 # g = g * c   (per matrix)
-                g[lo:hi] *= clip
-        t = self.states[names[0]]["step"] + 1
+                g[lo:hi] *= prep.clip
+        t = step + 1
         trace = {} if keep else None
         self.rule.multiplier_into(p, g, ibar, t, out=self._scratch.take(1, (total,), dtype),
                                   work=self._scratch.take(2, (total,), dtype), trace=trace)
@@ -206,10 +196,11 @@ class SensitivityRecorder:
         return {name: {k: v[lo:hi].reshape(q.shape) for k, v in trace.items()}
                 for name, q, lo, hi in zip(names, params, bounds, bounds[1:])}
 
-    def _check(self, group: list[tuple[str, Any]]) -> None:
-        """The shadow rule's checks of each matrix (its error names the culprit)."""
-        for name, q in group:
-            self.rule.prepare(q.data, q.grad, self.rule.init(q.data), name=name)
+    def _zeros(self, name: str, param: np.ndarray) -> dict[str, np.ndarray]:
+        """The shadow rule's initial state of a matrix (kept: it only stands in for checks)."""
+        if name not in self._initial_states:
+            self._initial_states[name] = self.rule.init(param)
+        return self._initial_states[name]
 
     def _flat_ema(self, names: tuple[str, ...], params: list[np.ndarray]
                   ) -> tuple[list[int], np.ndarray]:
