@@ -205,7 +205,6 @@ def mechanism(records: list[dict], path, title="") -> str:
         ax.legend(fontsize=7, title=BAND, title_fontsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -230,7 +229,6 @@ def sensitivity_spread(records: list[dict], path, title="") -> str:
     ax_bar.grid(alpha=0.3, axis="y")
     pruning({name: [r["pruning"] for r in rs] for name, rs in runs.items()}, None, ax=ax_prune)
     fig.suptitle(title)
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -241,15 +239,19 @@ def compare_figure_calls(out: Path, summary: dict, records: list[dict]) -> list[
     n = len(next(iter(runs.values())))
     task = summary["task"]
     seed0 = {name: rs[0] for name, rs in runs.items()}
+
+    def only(*keys):  # what a figure reads of each record (the rest would cross processes too)
+        return [{k: r[k] for k in ("optimizer", "seed", *keys)} for r in records]
+
     calls = [
         (partial(learning_curves, title=f"{task}: mean over {n} seed(s); {BAND}"),
          ({name: [r["history"] for r in rs] for name, rs in runs.items()},
           out / "learning_curves.png")),
         (partial(mechanism, title=f"{task}: what SAGE's multiplier does ({n} seed(s); {BAND})"),
-         (records, out / "mechanism.png")),
+         (only("mechanism", "movement"), out / "mechanism.png")),
         (partial(sensitivity_spread,
                  title=f"{task}: redundancy at the end of training ({n} seed(s))"),
-         (records, out / "sensitivity.png")),
+         (only("concentration", "pruning"), out / "sensitivity.png")),
         (partial(sensitivity_heatmap, quantity="sensitivity_ema",
                  title="Median Ibar of each attention/FFN matrix (seed 0)"),
          ({name: r["layers"] for name, r in seed0.items()}, out / "sensitivity_over_time.png")),
