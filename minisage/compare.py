@@ -42,6 +42,7 @@ import numpy as np
 from minisage import runtime, spec
 from minisage.errors import UsageError
 from minisage.files import check_folder_writable
+from minisage.stats import paired_p
 from minisage.tasks import make_task
 from minisage.train import (
     TrainConfig,
@@ -461,11 +462,8 @@ def paired(base_values: Sequence[float], other_values: Sequence[float]) -> dict:
     per-seed differences and the two-sided paired t-test p (nan for fewer than two seeds)."""
     d = np.asarray(other_values, float) - np.asarray(base_values, float)
     mean, half = mean_ci(d)
-    from scipy import stats  # here, not at the top: the command line starts faster
-
-    p = float(stats.ttest_rel(other_values, base_values).pvalue) if len(d) > 1 and np.ptp(
-        d) > 0 else float("nan")
-    return {"mean": mean, "ci95": half, "per_seed": d.tolist(), "p_paired_t": p}
+    return {"mean": mean, "ci95": half, "per_seed": d.tolist(),
+            "p_paired_t": paired_p(base_values, other_values)}
 
 
 def summarize(task, base: TrainConfig, optimizers: Sequence[str], settings: dict,

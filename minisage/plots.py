@@ -16,9 +16,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from scipy import stats  # noqa: E402
 
 from minisage import spec  # noqa: E402
+from minisage.stats import sem, t_quantile  # noqa: E402
 
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 BAND = "band: 95% CI over seeds"
@@ -40,7 +40,7 @@ def mean_band(values) -> tuple[np.ndarray, np.ndarray]:
     mean = values.mean(axis=0)
     if len(values) < 2:
         return mean, np.zeros_like(mean)
-    return mean, stats.t.ppf(0.975, len(values) - 1) * stats.sem(values, axis=0)
+    return mean, t_quantile(0.975, len(values) - 1) * sem(values, axis=0)
 
 
 def _line(ax, x, runs, color, label, style="-", band=True):

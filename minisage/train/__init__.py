@@ -7,22 +7,17 @@ after training, checkpoints and Ctrl-C handling.
   :func:`check_resume` (what a resumed run may change);
 - :mod:`~minisage.train.recorder`: :class:`SensitivityRecorder`, a callback measuring I, Ibar,
   U and r for any optimizer;
-- :mod:`~minisage.train.analysis`: :func:`pruning_curve`, :func:`batch_sensitivity`,
-  :func:`mean_ci`, :func:`welch_p`;
+- :mod:`~minisage.train.analysis`: :func:`pruning_curve`, :func:`batch_sensitivity`; and from
+  :mod:`minisage.stats`, :func:`mean_ci`, :func:`welch_p`;
 - :mod:`~minisage.train.checkpoint`: the ``.npz`` format (knows nothing of training);
 - :mod:`~minisage.train.interrupt`: Ctrl-C deferred to the end of a step.
 
 The command ``minisage train`` is :mod:`minisage.cli.train`.
 """
 
+from minisage.stats import mean_ci, welch_p
 from minisage.train import checkpoint
-from minisage.train.analysis import (
-    batch_sensitivity,
-    mean_ci,
-    nan_to_none,
-    pruning_curve,
-    welch_p,
-)
+from minisage.train.analysis import batch_sensitivity, nan_to_none, pruning_curve
 from minisage.train.checkpoint import Checkpoint
 from minisage.train.config import ConfigError, TrainConfig
 from minisage.train.interrupt import TrainingInterrupted, deferred_interrupt

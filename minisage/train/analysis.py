@@ -1,5 +1,5 @@
-"""What is measured after training: pruning by sensitivity or magnitude, and the statistics that
-compare runs over seeds (mean with a Student-t interval, Welch's t-test)."""
+"""What is measured after training: pruning by sensitivity or magnitude (the statistics over seeds
+are :mod:`minisage.stats`)."""
 
 from __future__ import annotations
 
@@ -61,27 +61,6 @@ def pruning_curve(model: Transformer, task: Task, fractions, criterion: str = "s
         for name, p in matrices:
             p.data[...] = saved[name]
     return curve
-
-
-# ----- statistics over seeds ---------------------------------------------------------------------
-def mean_ci(values, confidence: float = 0.95) -> tuple[float, float]:
-    """Mean and the half-width of its Student-t confidence interval (nan for one value)."""
-    values = np.asarray(values, dtype=float)
-    if len(values) < 2:
-        return float(values.mean()), float("nan")
-    from scipy import stats  # here, not at the top: importing minisage.train stays quick
-
-    half = stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * stats.sem(values)
-    return float(values.mean()), float(half)
-
-
-def welch_p(a, b) -> float:
-    """Two-sided p-value of Welch's t-test (unequal variances); nan if it is undefined."""
-    if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
-        return float("nan")
-    from scipy import stats
-
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def nan_to_none(value):

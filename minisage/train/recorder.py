@@ -28,6 +28,7 @@ import numpy as np
 from minisage import spec
 from minisage.optim import optimizer_class
 from minisage.spec.split import official_group
+from minisage.stats import spearman
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 #: the trace keys kept per layer, as quantiles
@@ -148,9 +149,7 @@ class SensitivityRecorder:
         ihat = np.concatenate([t["sensitivity_ema_hat"].ravel() for t in traces.values()])
         r = np.concatenate([t["lr_multiplier"].ravel() for t in traces.values()])
         if record:
-            from scipy import stats  # here: importing minisage.train stays quick
-
-            rho = stats.spearmanr(ihat, r).statistic if np.ptp(ihat) and np.ptp(r) else np.nan
+            rho = spearman(ihat, r)
             self.mechanism.append({"step": step, "r_median": float(np.median(r)),
                                    "r_mean": float(np.mean(r)), "spearman": float(rho),
                                    "r_by_decile": decile_means(ihat, r)})
