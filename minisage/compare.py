@@ -166,10 +166,17 @@ def concentration(sensitivities: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 # ----- running many runs ---------------------------------------------------------------------
+#: how far below the parent's the workers' scheduling priority is (Unix niceness): their start-up
+#: (imports) then runs beside the parent's pretraining without slowing it (it is what they wait for)
+WORKER_NICENESS = 5
+
+
 def _worker_setup() -> None:
     # The parent handles Ctrl-C; workers get the same tuning as the command line, and import
     # the figures' module now, while the parent is busy (pretraining), not when drawing.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(os, "nice"):  # (not on Windows)
+        os.nice(WORKER_NICENESS)
     runtime.tune_process(threads=1)
     import minisage.plots  # noqa: F401
 

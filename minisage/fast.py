@@ -36,13 +36,21 @@ def _tensor(x) -> Tensor:
     return x if isinstance(x, Tensor) else Tensor(x)
 
 
+@lru_cache(maxsize=64)
+def _ones(n: int, dtype: np.dtype) -> np.ndarray:
+    """A read-only vector of n ones (shared: the BLAS sums below use the same few lengths)."""
+    ones = np.ones(n, dtype)
+    ones.flags.writeable = False
+    return ones
+
+
 def _unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """The engine's ``unbroadcast``, with added leading axes (a bias, say) summed by one
     vector-matrix product: several times faster than NumPy's reduction."""
     lead = grad.ndim - len(shape)
     if lead and grad.shape[lead:] == shape and grad.dtype in _BLAS and grad.flags.c_contiguous:
         rows = grad.reshape(-1, math.prod(shape))
-        return (np.ones(len(rows), grad.dtype) @ rows).reshape(shape)
+        return (_ones(len(rows), grad.dtype) @ rows).reshape(shape)
     return unbroadcast(grad, shape)
 
 
@@ -51,7 +59,7 @@ def _sum_last(a: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     matrix-vector product (BLAS: several times faster than NumPy's row-wise reduction over short
     rows, and no product array)."""
     rows = np.ascontiguousarray(a).reshape(-1, a.shape[-1])
-    weights = np.ones(a.shape[-1], a.dtype) if weights is None else weights
+    weights = _ones(a.shape[-1], a.dtype) if weights is None else weights
     return (rows @ weights).reshape(*a.shape[:-1], 1)
 
 
