@@ -4,6 +4,7 @@ paired statistics, the recorder's exactness, and a small end-to-end comparison."
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -231,6 +232,8 @@ def test_processes_do_not_change_the_numbers(tmp_path):
         drawn = workers.submit(plots.learning_curves,
                                ({"adamw-sage": [r["history"] for r in spread]}, path))
         assert drawn() == str(path) and path.read_bytes()[:4] == b"\x89PNG"
+        if hasattr(os, "nice"):  # and they yield the processor to this one
+            assert workers.submit(os.nice, (0,))() == min(os.nice(0) + cmp.WORKER_NICENESS, 19)
 
 
 def test_ctrl_c_keeps_the_finished_runs_and_marks_the_summary_partial(tmp_path, monkeypatch):
