@@ -561,9 +561,9 @@ def format_table(summary: dict) -> str:
 
 def write_outputs(out: Path, summary: dict, records: list[dict],
                   workers: Workers | None = None) -> list[str]:
-    """summary.json (strict JSON), metrics.csv, mechanism.csv, pruning.csv, layers.csv and the
-    figures (drawn by ``workers`` when given, while this process writes the tables); returns the
-    figure paths."""
+    """summary.json (strict JSON), metrics.csv, mechanism.csv, pruning.csv, movement.csv,
+    layers.csv and the figures (drawn by ``workers`` when given, while this process writes the
+    tables); returns the figure paths."""
     if not records:
         pending = None
     else:
@@ -582,6 +582,9 @@ def write_outputs(out: Path, summary: dict, records: list[dict],
         for r in records for m in r["mechanism"]])
     _write_rows(out / "pruning.csv", [{"optimizer": r["optimizer"], "seed": r["seed"], **row}
                                       for r in records for row in r["pruning"]])
+    _write_rows(out / "movement.csv", [
+        {"optimizer": r["optimizer"], "seed": r["seed"], "decile_of_first_sensitivity": i + 1,
+         "mean_abs_change": value} for r in records for i, value in enumerate(r["movement"])])
     _write_rows(out / "layers.csv", [{"optimizer": r["optimizer"], "seed": r["seed"], **row}
                                      for r in records for row in r["layers"]])
     if not records:

@@ -3,6 +3,7 @@ never a traceback), help that shows every default, strict JSON from ``train``, C
 ``train`` and ``compare`` in a fast mode."""
 
 import argparse
+import csv
 import json
 import os
 import signal
@@ -169,8 +170,13 @@ def test_compare_fast(tmp_path, capsys):
     assert "bert-adamw" in table and "adamw-sage" in table and "+-" in table
     figures = sorted(f for f in os.listdir(out_dir) if f.endswith(".png"))
     assert len(figures) >= 3
-    for name in ("metrics.csv", "summary.json", "pruning.csv", "mechanism.csv", "layers.csv"):
+    for name in ("metrics.csv", "summary.json", "pruning.csv", "mechanism.csv", "layers.csv",
+                 "movement.csv"):
         assert (out_dir / name).stat().st_size > 0
+    with open(out_dir / "movement.csv") as f:  # ten deciles per run: 2 optimizers x 2 seeds
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 40 and {r["decile_of_first_sensitivity"] for r in rows} == {
+        str(i) for i in range(1, 11)} and all(float(r["mean_abs_change"]) >= 0 for r in rows)
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["optimizers"]["adamw-sage"]["seeds"] == [0, 1]
 
