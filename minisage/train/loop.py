@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -83,9 +84,17 @@ def batch_for_step(task: Task, seed: int, step: int, batch_size: int):
     n = len(task.train)
     per_epoch = max(n // batch_size, 1)
     epoch, index = divmod(step - 1, per_epoch)
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    rows = order[index * batch_size:(index + 1) * batch_size]
+    rows = _epoch_order(seed, epoch, n)[index * batch_size:(index + 1) * batch_size]
     return task.train.ids[rows], task.train.targets[rows]
+
+
+@lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order of the n training rows in an epoch (read-only: made once per epoch, not per
+    step)."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    order.flags.writeable = False
+    return order
 
 
 # ----- optimizers --------------------------------------------------------------------------------
