@@ -170,7 +170,7 @@ def concentration(sensitivities: dict[str, np.ndarray]) -> dict[str, float]:
 # ----- running many runs ---------------------------------------------------------------------
 #: how far below the parent's the workers' scheduling priority is (Unix niceness): their start-up
 #: (imports) then runs beside the parent's pretraining without slowing it (it is what they wait for)
-WORKER_NICENESS = 5
+WORKER_NICENESS = 10
 
 
 def _worker_setup() -> None:
