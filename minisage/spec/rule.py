@@ -43,6 +43,11 @@ FLAT_CHECK_MAX = 1 << 15
 CLIP_MARGIN = 1e-3
 
 
+def _label(name: str | None) -> str:
+    """How errors name a tensor."""
+    return f"parameter {name!r}" if name else "the parameter"
+
+
 class _Required:
     def __repr__(self) -> str:
         return "<required>"
@@ -170,7 +175,7 @@ class Rule:
         Raises FloatingPointError if ``grad`` has a NaN or infinity, ValueError on a shape
         mismatch, a malformed state or a negative ``lr``, TypeError on a non-float array.
         """
-        label = f"parameter {name!r}" if name else "the parameter"
+        label = _label(name)
         p = self._check_param(param, label)
         g = self._check_grad(grad, p, label)
         max_norm = self._max_grad_norm()
@@ -192,9 +197,14 @@ class Rule:
         st = self._check_state(state, p, label)
         if lr is not None:
             lr = _checks.nonneg(self.name, "lr", lr)
-        lr_t = self._step_lr(lr, st["step"])
         clip = clip_factor(max_norm, norm) if max_norm > 0 else None
-        return Prepared(p, g, st, st["step"] + 1, lr_t, clip)
+        return self._prepared(p, g, st, lr, clip)
+
+    def _prepared(self, p: np.ndarray, g: np.ndarray, st: dict[str, Any], lr: float | None,
+                  clip: Any) -> Prepared:
+        """Checked inputs as :class:`Prepared`: the step count after this step, and this step's
+        lr from the count before it."""
+        return Prepared(p, g, st, st["step"] + 1, self._step_lr(lr, st["step"]), clip)
 
     def prepare_many(self, params: Sequence[np.ndarray], grads: Sequence[np.ndarray],
                      states: Sequence[Mapping[str, Any]], lr: float | None = None, *,
@@ -236,10 +246,8 @@ class Rule:
                 continue
             for i, clip in zip(members, clips):
                 p = np.asarray(params[i])
-                label = f"parameter {names[i]!r}" if names[i] else "the parameter"
-                st = self._check_state(states[i], p, label)
-                out[i] = Prepared(p, np.asarray(grads[i]), st, st["step"] + 1,
-                                  self._step_lr(lr, st["step"]), clip)
+                st = self._check_state(states[i], p, _label(names[i]))
+                out[i] = self._prepared(p, np.asarray(grads[i]), st, lr, clip)
         return out  # type: ignore[return-value]
 
     def _flat_checks(self, params: list, grads: list, dtype: np.dtype,
