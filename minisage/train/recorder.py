@@ -100,7 +100,6 @@ class SensitivityRecorder:
     _scratch: spec.Scratch = field(default_factory=spec.Scratch, repr=False)
     _watched: dict[str, bool] = field(default_factory=dict, repr=False)
     _model: Any = field(default=None, repr=False)
-    _initial_states: dict[str, dict] = field(default_factory=dict, repr=False)
     _named: list = field(default_factory=list, repr=False)
     #: names of a group of matrices -> (bounds, their Ibar as one flat array)
     _flat: dict[tuple[str, ...], tuple[list[int], np.ndarray]] = field(default_factory=dict,
@@ -127,10 +126,10 @@ class SensitivityRecorder:
                 step_count = self.states[name]["step"] if name in self.states else 0
                 groups.setdefault((p.data.dtype, step_count), []).append((name, p))
         traces = {}
-        for group in groups.values():
+        for (_, step_count), group in groups.items():
             first = [name for name, _ in group if name not in self.first_sensitivity]
             keep = record or snapshot or bool(first)
-            traces.update(self._advance(group, keep))
+            traces.update(self._advance(group, step_count, keep))
             for name, p in group:
                 if name in first:
                     self.first_sensitivity[name] = traces[name]["sensitivity"]
@@ -161,17 +160,17 @@ class SensitivityRecorder:
                 sample = {k: v[keep] for k, v in sample.items()}
             self.histograms[step] = sample
 
-    def _advance(self, group: list[tuple[str, Any]], keep: bool) -> dict[str, dict]:
-        """One step of the shadow rule on matrices of one dtype and step count: its checks and
-        clipping factors (``rule.prepare_many``: errors name the matrix, before anything is
-        written), then, over the matrices as one flat array, its multiplier block (which
-        advances Ibar in place). Returns ``{name: trace}`` (I, Ibar, Ihat, U and r in each
-        matrix's shape) when ``keep``, else ``{}``."""
+    def _advance(self, group: list[tuple[str, Any]], step: int, keep: bool) -> dict[str, dict]:
+        """One step of the shadow rule on matrices of one dtype and step count (``step``, before
+        this one): its checks and clipping factors (``rule.prepare_many``: errors name the
+        matrix, before anything is written), then, over the matrices as one flat array, its
+        multiplier block (which advances Ibar in place). Returns ``{name: trace}`` (I, Ibar,
+        Ihat, U and r in each matrix's shape) when ``keep``, else ``{}``."""
         names = tuple(name for name, _ in group)
         params = [q.data for _, q in group]
-        step = self.states[names[0]]["step"] if names[0] in self.states else 0
-        # the rule checks a whole state; the recorder keeps only Ibar, so zeros stand in
-        stand_ins = [{**self._zeros(name, q), "step": step} for name, q in zip(names, params)]
+        # the rule checks a whole state, of which only the shapes and dtypes of its arrays
+        # matter here (the recorder keeps Ibar alone): the matrix itself stands in for each
+        stand_ins = [{"step": step, **dict.fromkeys(self.rule.array_keys, q)} for q in params]
         preps = self.rule.prepare_many(params, [q.grad for _, q in group], stand_ins,
                                        names=names, scratch=self._scratch)
         bounds, ibar = self._flat_ema(names, params)
@@ -194,12 +193,6 @@ class SensitivityRecorder:
             return {}
         return {name: {k: v[lo:hi].reshape(q.shape) for k, v in trace.items()}
                 for name, q, lo, hi in zip(names, params, bounds, bounds[1:])}
-
-    def _zeros(self, name: str, param: np.ndarray) -> dict[str, np.ndarray]:
-        """The shadow rule's initial state of a matrix (kept: it only stands in for checks)."""
-        if name not in self._initial_states:
-            self._initial_states[name] = self.rule.init(param)
-        return self._initial_states[name]
 
     def _flat_ema(self, names: tuple[str, ...], params: list[np.ndarray]
                   ) -> tuple[list[int], np.ndarray]:
