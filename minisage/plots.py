@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from minisage import spec  # noqa: E402
-from minisage.stats import sem, t_quantile  # noqa: E402
+from minisage.stats import ci_half_width  # noqa: E402
 
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 BAND = "band: 95% CI over seeds"
@@ -40,7 +40,7 @@ def mean_band(values) -> tuple[np.ndarray, np.ndarray]:
     mean = values.mean(axis=0)
     if len(values) < 2:
         return mean, np.zeros_like(mean)
-    return mean, t_quantile(0.975, len(values) - 1) * sem(values, axis=0)
+    return mean, ci_half_width(values, 0.95, axis=0)
 
 
 def _line(ax, x, runs, color, label, style="-", band=True):

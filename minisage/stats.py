@@ -26,13 +26,19 @@ def sem(values, axis: int = 0) -> np.ndarray:
     return values.std(axis=axis, ddof=1) / math.sqrt(values.shape[axis])
 
 
+def ci_half_width(values, confidence: float = 0.95, axis: int = 0) -> np.ndarray:
+    """The half-width of the Student-t confidence interval of the mean along ``axis`` (at least
+    two values)."""
+    values = np.asarray(values, dtype=float)
+    return t_quantile(0.5 + confidence / 2, values.shape[axis] - 1) * sem(values, axis=axis)
+
+
 def mean_ci(values, confidence: float = 0.95) -> tuple[float, float]:
     """Mean and the half-width of its Student-t confidence interval (nan for one value)."""
     values = np.asarray(values, dtype=float)
     if len(values) < 2:
         return float(values.mean()), float("nan")
-    half = t_quantile(0.5 + confidence / 2, len(values) - 1) * sem(values)
-    return float(values.mean()), float(half)
+    return float(values.mean()), float(ci_half_width(values, confidence))
 
 
 def t_test_p(t: float, df: float) -> float:

@@ -71,3 +71,12 @@ def test_spearman_of_float32_measurements():
     x[:100] = 0  # ties, as entries with a zero sensitivity make
     assert stats.spearman(x, y) == pytest.approx(scipy_stats.spearmanr(x, y).statistic,
                                                  rel=1e-12)
+
+
+def test_ci_half_width_along_an_axis_is_each_columns_interval():
+    values = np.random.default_rng(1).normal(size=(5, 3))  # seeds x points, as the figures
+    half = stats.ci_half_width(values, 0.95, axis=0)
+    for j in range(3):
+        low, high = scipy_stats.t.interval(0.95, 4, loc=values[:, j].mean(),
+                                           scale=scipy_stats.sem(values[:, j]))
+        assert half[j] == pytest.approx((high - low) / 2, rel=1e-12)

@@ -196,11 +196,10 @@ class Optimizer:
             ready = [(self._index[id(p)], name, p) for p, name in zip(group["params"],
                                                                     group["names"])
                      if p.grad is not None]
-            states = [self.state.get(idx) for idx, _, _ in ready]
             preps = rule.prepare_many(
                 [p.data for _, _, p in ready], [p.grad for _, _, p in ready],
-                [rule.init(p.data) if state is None else state
-                 for state, (_, _, p) in zip(states, ready)],
+                [self.state[idx] if idx in self.state else rule.init(p.data)
+                 for idx, _, p in ready],
                 lr_t, names=[name for _, name, _ in ready], scratch=self._scratch)
             checked.extend((idx, name, rule, prep) for (idx, name, _), prep in zip(ready, preps))
         # every step is checked: from here on, write
